@@ -1,0 +1,1 @@
+"""Triton kernels, imported as ``ted_sglang.kernels``."""
