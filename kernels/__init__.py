@@ -1,8 +1,9 @@
 """Shared-prefix (cascade) decode attention, imported as ``ted_sglang.kernels``.
 
-``shared_prefix_decode`` runs Triton kernels on CUDA tensors and a torch path
-elsewhere; ``attention_with_lse``, ``ragged_attention_with_lse`` and
-``merge_attention_states`` are the torch building blocks. Submodules load on first
+``shared_prefix_decode`` runs Triton kernels on CUDA tensors and elsewhere a fused
+CPU path (``cpu.py``, float32) or the torch reference; ``attention_with_lse``,
+``ragged_attention_with_lse`` and ``merge_attention_states`` are the torch building
+blocks. Submodules load on first
 use, so importing this package does not import torch or triton.
 """
 

@@ -1,7 +1,8 @@
 """Entry point of shared-prefix decode attention: input checks and launch.
 
 ``shared_prefix_decode`` runs the Triton kernels of ``shared_prefix_attention.py`` on
-CUDA tensors and the torch path of ``reference.py`` elsewhere; split sizes come from
+CUDA tensors and elsewhere the fused CPU path of ``cpu.py`` where it applies, else the
+torch path of ``reference.py``; split sizes come from
 a :class:`~.plan.SharedPrefixDecodePlan` (``plan.py``).
 """
 
@@ -140,7 +141,8 @@ def shared_prefix_decode(
         plan: from :func:`plan_shared_prefix_decode` for the same ``suffix_indptr``
             values; skips re-reading ``suffix_indptr`` on the host (Triton path).
         out: optional ``[N, Hq, D]`` contiguous tensor of ``q``'s dtype to write into.
-        backend: ``"auto"`` (Triton on CUDA tensors, torch elsewhere), ``"triton"``
+        backend: ``"auto"`` (Triton on CUDA tensors; elsewhere the fused CPU path of
+            ``cpu.py`` where it applies, else torch), ``"triton"``
             (also on CPU tensors when ``TRITON_INTERPRET=1`` was set before the first
             Triton call) or ``"torch"``.
 
@@ -191,11 +193,18 @@ def shared_prefix_decode(
     _check_plan(plan, q, k_prefix, k_suffix)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if not use_triton:
+        from .cpu import fast_path_applies, shared_prefix_decode_cpu
         from .reference import shared_prefix_decode_torch
 
-        result = shared_prefix_decode_torch(
-            q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_indptr.to(q.device), scale
-        )
+        bounds = tuple(suffix_indptr.tolist()) if backend == "auto" else ()
+        if bounds and fast_path_applies(q, k_prefix.shape[0], bounds):
+            result = shared_prefix_decode_cpu(
+                q, k_prefix, v_prefix, k_suffix, v_suffix, bounds, scale
+            )
+        else:
+            result = shared_prefix_decode_torch(
+                q, k_prefix, v_prefix, k_suffix, v_suffix, suffix_indptr.to(q.device), scale
+            )
         if out is None:
             return result
         return out.copy_(result)

@@ -13,6 +13,12 @@ import sys
 
 COMMAND_MODULES = (
     "ted_sglang.bank.cli",
+    "ted_sglang.engine.cli",
+    "ted_sglang.engine.model_cli",
+    "ted_sglang.data.cli",
+    "ted_sglang.loop_cli",
+    "ted_sglang.demo",
+    "ted_sglang.serve.cli",
 )
 
 

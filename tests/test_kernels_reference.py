@@ -119,6 +119,41 @@ def test_torch_path_matches_float64_reference(case):
             assert (out[i] == 0).all()
 
 
+CPU_CASES = [
+    # N, P, suffix lengths, Hq, Hkv, D
+    (1, 97, [17], 8, 8, 64),
+    (8, 1200, [3, 70, 1, 9, 70, 2, 5, 33], 9, 3, 64),
+    (17, 54, [1 + (7 * i) % 23 for i in range(17)], 16, 2, 128),
+    (3, 1, [1, 1, 1], 4, 1, 80),
+]
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"N{c[0]}-P{c[1]}-Hq{c[3]}-Hkv{c[4]}")
+def test_fused_cpu_path_matches_float64_reference(case):
+    from ted_sglang.kernels.cpu import fast_path_applies, shared_prefix_decode_cpu
+
+    num_forks, prefix_len, suffix_lens, hq, hkv, head_dim = case
+    inputs = random_inputs(
+        num_forks, prefix_len, suffix_lens, hq, hkv, head_dim, torch.float32, seed=7, q_scale=3.0
+    )
+    bounds = tuple(inputs[-1].tolist())
+    assert fast_path_applies(inputs[0], prefix_len, bounds)  # so "auto" takes it
+    out = shared_prefix_decode_cpu(*inputs[:-1], bounds, 0.3)
+    assert relative_error(out, full_attention_f64(*inputs, sm_scale=0.3)) < 2e-5
+    torch.testing.assert_close(shared_prefix_decode(*inputs, 0.3), out, atol=0, rtol=0)
+
+
+def test_fused_cpu_path_leaves_empty_parts_and_other_dtypes_to_the_reference():
+    from ted_sglang.kernels.cpu import fast_path_applies
+
+    q = torch.zeros(2, 4, 64)
+    assert not fast_path_applies(q, 10, (0, 3, 3))  # a fork without suffix
+    assert not fast_path_applies(q, 0, (0, 3, 4))  # no prefix
+    assert not fast_path_applies(q.bfloat16(), 10, (0, 3, 4))
+    inputs = random_inputs(3, 20, [4, 0, 2], 4, 2, 64, torch.float32, seed=8)
+    assert relative_error(shared_prefix_decode(*inputs), full_attention_f64(*inputs)) < 2e-5
+
+
 def test_sm_scale_and_out_argument():
     inputs = random_inputs(3, 40, [5, 0, 9], 4, 2, 64, torch.float32, seed=3)
     out = torch.full((3, 4, 64), float("nan"))

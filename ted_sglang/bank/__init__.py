@@ -22,6 +22,7 @@ from ted_sglang.bank.compression import (
 )
 from ted_sglang.bank.experience import Experience, normalize_text
 from ted_sglang.bank.history import BankDiff, VersionRecord
+from ted_sglang.bank.merge import BankMergePlan, EntryGroup, build_merged_bank, plan_merge
 from ted_sglang.bank.meta import BankMeta
 from ted_sglang.bank.operations import (
     OP_FIELDS,
@@ -33,7 +34,12 @@ from ted_sglang.bank.operations import (
 )
 from ted_sglang.bank.render import Tokenize, approx_tokenize, prefix_retention
 from ted_sglang.bank.report import ApplyReport, OpResult
-from ted_sglang.bank.similarity import Similarity, sequence_ratio, token_jaccard
+from ted_sglang.bank.similarity import (
+    Similarity,
+    near_duplicate_groups,
+    sequence_ratio,
+    token_jaccard,
+)
 from ted_sglang.bank.storage import BankFileError
 from ted_sglang.bank.usage import Usage, utility
 
@@ -44,10 +50,12 @@ __all__ = [
     "ApplyReport",
     "BankDiff",
     "BankFileError",
+    "BankMergePlan",
     "BankMeta",
     "CompressionBudget",
     "CompressionPlan",
     "CompressionPolicy",
+    "EntryGroup",
     "Experience",
     "ExperienceBank",
     "MergeGroup",
@@ -60,9 +68,12 @@ __all__ = [
     "Usage",
     "VersionRecord",
     "approx_tokenize",
+    "build_merged_bank",
+    "near_duplicate_groups",
     "normalize_text",
     "operations_schema",
     "operations_schema_text",
+    "plan_merge",
     "prefix_retention",
     "sequence_ratio",
     "token_jaccard",

@@ -192,6 +192,17 @@ class ExperienceBank:
             raise ValueError("correct must be True or False")
         return self._bump(ids, step, **({"correct": 1} if correct else {"wrong": 1}))
 
+    def record_counts(self, experience_id: str, step: int, **counts: int) -> bool:
+        """Add several counts at once to one entry's usage (``shown=``, ``correct=``,
+        ``wrong=``, ``helpful=``, ``harmful=``), e.g. counts gathered while serving;
+        returns whether the entry exists."""
+        for name, n in counts.items():
+            if name not in ("shown", "correct", "wrong", "helpful", "harmful"):
+                raise ValueError(f"unknown usage counter {name!r}")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+        return self._bump([experience_id], step, **counts) == 1
+
     def record_cited(
         self, helpful: Iterable[str] = (), harmful: Iterable[str] = (), *, step: int
     ) -> int:

@@ -1,10 +1,13 @@
-"""``ted-sglang bank show|diff|stats|validate|schema FILE``: inspect a bank file."""
+"""``ted-sglang bank show|diff|stats|validate|schema FILE``: inspect a bank file;
+``ted-sglang bank merge A B -o C``: merge banks distilled separately."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,6 +35,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _action(actions, "validate", _validate, "check the file (and its backup); exit 1 if bad")
     _action(actions, "schema", _schema, "print the JSON Schema of an operations document")
+    _merge_parser(actions)
+
+
+def _merge_parser(actions: Any) -> None:
+    text = "merge banks distilled separately into one (fresh ids, summed usage)"
+    merge = actions.add_parser(
+        "merge",
+        help=text,
+        description="Merge banks distilled separately: exact and near-duplicate entries become "
+        "one (usage summed), training samples are united, and conflicts are reported "
+        "(near-duplicates whose texts differ, different student models, training samples "
+        "seen by more than one bank). With --teacher, a teacher writes one text for each "
+        "group of near-duplicates; without, a group keeps the text of its first entry.",
+    )
+    merge.add_argument("files", nargs="+", type=Path, help="bank files (two or more)")
+    merge.add_argument("-o", "--out", required=True, type=Path, help="the merged bank's file")
+    merge.add_argument(
+        "--threshold", type=float, default=0.9, help="near-duplicate similarity (0.9)"
+    )
+    merge.add_argument(
+        "--similarity",
+        choices=("embedding", "text"),
+        default="embedding",
+        help="sentence embeddings (all-MiniLM-L6-v2; text if not installed) or text",
+    )
+    merge.add_argument("--teacher", metavar="URL", help="SGLang-API server that merges texts")
+    merge.add_argument("--chat-template", help="the teacher's chat template (default: detected)")
+    merge.add_argument("--force", action="store_true", help="overwrite --out")
+    merge.add_argument("--recover", action="store_true", help="read FILE.bak if FILE is corrupt")
+    merge.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    merge.set_defaults(func=_merge)
 
 
 def _action(actions: Any, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
@@ -156,4 +190,53 @@ def _validate(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     bank = _load(args)
     print(json.dumps(bank.operations_schema(), indent=1))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from ted_sglang.bank.bank import ExperienceBank
+    from ted_sglang.bank.merge import build_merged_bank, plan_merge
+    from ted_sglang.embedding import load_similarity
+
+    if len(args.files) < 2:
+        raise ValueError("bank merge needs at least two bank files")
+    if args.out.exists() and not args.force:
+        raise ValueError(f"{args.out} already exists: pass --force to overwrite it")
+    banks = [ExperienceBank.load(path, recover=args.recover) for path in args.files]
+    similarity, _ = load_similarity(args.similarity)
+    labels = [str(path) for path in args.files]
+    plan = plan_merge(banks, labels, similarity=similarity, threshold=args.threshold)
+    texts: dict[int, str] = {}
+    notes: dict[int, str] = {}
+    if args.teacher and plan.near_duplicate_groups:
+        # The teacher step lives outside the bank package: plan -> texts -> build.
+        from ted_sglang.config import GenerationConfig
+        from ted_sglang.merging import merge_groups
+        from ted_sglang.runtime import connect
+
+        teacher = connect(args.teacher, args.chat_template)
+        texts, notes, _ = merge_groups(teacher.backend, plan, banks[0].limits, GenerationConfig())
+    merged = build_merged_bank(plan, banks, texts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    merged.save(args.out)
+    counts = merged.meta.extra["merge"]["counts"]
+    if args.json:
+        out = {
+            "out": str(args.out),
+            "counts": counts,
+            "conflicts": plan.conflicts(),
+            "teacher_notes": {str(k): v for k, v in notes.items()},
+            "student_model": merged.meta.student_model,
+            "training_samples": len(merged.meta.training_sample_ids),
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return 0
+    print(plan.summary())
+    for index, note in sorted(notes.items()):
+        print(f"group {index}: kept its first text; {note}", file=sys.stderr)
+    print(
+        f"wrote {args.out}: {len(merged)} entries ({counts['teacher_texts']} written by the "
+        f"teacher), {len(merged.meta.training_sample_ids)} training samples, student model "
+        f"{merged.meta.student_model or '(none: the banks differ or name none)'}"
+    )
     return 0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ted_sglang.bank.experience import Experience, id_number
 from ted_sglang.bank.render import Tokenize, approx_tokenize, render_line, render_text
-from ted_sglang.bank.similarity import Similarity, token_jaccard
+from ted_sglang.bank.similarity import Similarity, prepare, token_jaccard
 from ted_sglang.bank.usage import utility
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class CompressionPolicy:
         return removed
 
     def _merges(self, entries: list[Experience], max_group: int) -> list[MergeGroup]:
+        prepare(self.similarity, [e.text for e in entries])
         sims: dict[tuple[str, str], float] = {}
         for i, a in enumerate(entries):
             for b in entries[i + 1 :]:

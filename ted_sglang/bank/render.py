@@ -38,8 +38,9 @@ def approx_tokenize(text: str) -> list[int]:
 def prefix_retention(old_text: str, new_text: str, tokenize: Tokenize = approx_tokenize) -> float:
     """Shared leading tokens of two renderings over the tokens of the new one.
 
-    1.0 means the new rendering extends the old one (all of it can come from a prefix
-    cache); an empty new rendering counts as 1.0.
+    The share of the new rendering a prefix cache holding the old one can serve: 1.0
+    when they are equal; an extension scores ``len(old) / len(new)``; an empty new
+    rendering counts as 1.0.
     """
     new = tokenize(new_text)
     if not new:

@@ -82,11 +82,11 @@ def write_bank_json(
         except ValueError:
             pass  # not a good bank: keep whatever backup there is
         else:
-            _write_atomic(backup_path(path), path.read_bytes())
-    _write_atomic(path, payload)
+            write_atomic(backup_path(path), path.read_bytes())
+    write_atomic(path, payload)
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
+def write_atomic(path: Path, payload: bytes) -> None:
     """Temp file in the same directory, flush + fsync, rename over, fsync the directory."""
     directory = path.parent
     try:

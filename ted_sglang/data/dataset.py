@@ -17,7 +17,10 @@ from typing import Any
 from ted_sglang.data.sample import Sample
 
 # Row fields that become Sample fields; every other field goes into Sample.meta.
-SAMPLE_FIELDS = ("id", "question", "answer", "image", "options", "category", "answer_type")
+SAMPLE_FIELDS = (
+    "id", "question", "answer", "image", "options", "category", "answer_type",
+    "image_description",
+)  # fmt: skip
 REQUIRED_FIELDS = ("id", "question", "answer")
 
 
@@ -87,6 +90,7 @@ def sample_from_row(row: dict[str, Any], image_root: Path) -> Sample:
         ("options", row.get("options"), (list, tuple, type(None))),
         ("category", row.get("category"), (str, type(None))),
         ("answer_type", row.get("answer_type"), (str, type(None))),
+        ("image_description", row.get("image_description"), (str, type(None))),
     ):
         if not isinstance(value, kinds):
             wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
@@ -110,6 +114,7 @@ def sample_from_row(row: dict[str, Any], image_root: Path) -> Sample:
         category=row.get("category"),
         answer_type=row.get("answer_type") or "",
         meta=meta,
+        image_description=row.get("image_description"),
     )
 
 

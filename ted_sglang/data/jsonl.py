@@ -3,8 +3,9 @@
 Fields: ``id`` (string), ``question``, ``answer``, and optionally ``image`` (a
 path relative to the JSONL file), ``options`` (a list of strings, shown as A,
 B, C...; the answer is then a letter), ``category``, ``answer_type``
-(``choice``/``number``/``text``; inferred when absent) and ``split``
-(``train``/``test``). Other fields are kept in ``Sample.meta``. Blank lines
+(``choice``/``number``/``text``; inferred when absent), ``split``
+(``train``/``test``) and ``image_description`` (the image in words, for
+text-only models). Other fields are kept in ``Sample.meta``. Blank lines
 are ignored.
 """
 
@@ -79,6 +80,8 @@ def sample_to_row(sample: Sample, base_dir: Path) -> dict[str, Any]:
     row["answer_type"] = sample.answer_type
     if sample.category is not None:
         row["category"] = sample.category
+    if sample.image_description is not None:
+        row["image_description"] = sample.image_description
     for key, value in sample.meta.items():
         row.setdefault(key, value)
     return row

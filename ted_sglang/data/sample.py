@@ -33,6 +33,8 @@ class Sample:
     make ``"choice"``; an answer that parses as a number makes ``"number"``;
     anything else is ``"text"``. ``meta`` keeps whatever else the source carried
     (``split``, ``solution``, ``num_choices`` for options drawn in the image...).
+    ``image_description`` says in words what the image shows, for models that read
+    text only (it describes the picture; it does not solve the question).
     """
 
     id: str
@@ -43,6 +45,7 @@ class Sample:
     category: str | None = None
     answer_type: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    image_description: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
@@ -56,6 +59,10 @@ class Sample:
             raise ValueError(f"{where}: category must be a string or null")
         if self.image is not None:
             object.__setattr__(self, "image", Path(self.image).expanduser().resolve())
+        description = self.image_description
+        if description is not None and not isinstance(description, str):
+            raise ValueError(f"{where}: image_description must be a string or null")
+        object.__setattr__(self, "image_description", (description or "").strip() or None)
         options = self.options
         if options is not None:
             if not isinstance(options, list | tuple) or not all(

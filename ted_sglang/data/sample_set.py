@@ -9,7 +9,9 @@ numbers:
 - ``size_compare``: which of several same-kind shapes is the largest/smallest (choice);
 - ``arithmetic``: a sum, difference or product of numbers drawn in colours (number).
 
-Each row keeps the ``scene`` it was drawn from, so its answer can be checked.
+Each row keeps the ``scene`` it was drawn from, so its answer can be checked,
+and an ``image_description`` derived from it: the picture in words, for models
+that read text only (what the image shows, never the answer to the question).
 Every question text is unique across the set; items alternate between the
 ``train`` and ``test`` splits within each category, so the splits share
 neither ids nor questions. Same seed and count, same bytes.
@@ -105,6 +107,7 @@ def generate_rows(count: int = DEFAULT_COUNT, seed: int = 0) -> list[dict[str, A
                 "id": sample_id,
                 "question": row["question"],
                 "image": f"images/{sample_id}.png",
+                "image_description": describe_scene(category, row["scene"]),
                 **({"options": row["options"]} if "options" in row else {}),
                 "answer": row["answer"],
                 "answer_type": "choice" if "options" in row else "number",
@@ -130,6 +133,41 @@ def write_sample_set(outdir: str | Path, count: int = DEFAULT_COUNT, seed: int =
     path = outdir / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def describe_scene(category: str, scene: dict[str, Any]) -> str:
+    """The image of a scene in words: what is drawn, as a person would list it."""
+    if category == "counting":
+        counts: dict[tuple[str, str], int] = {}
+        for item in scene["shapes"]:
+            key = (item["colour"], item["shape"])
+            counts[key] = counts.get(key, 0) + 1
+        parts = [f"{n} {c} {s}{'' if n == 1 else 's'}" for (c, s), n in sorted(counts.items())]
+        return f"The image shows {_listing(parts)}, scattered over a white background."
+    if category in ("chart_max", "chart_value"):
+        bars = ", ".join(f"{b['label']} {b['value']}" for b in scene["bars"])
+        return (
+            f'A bar chart titled "{scene["title"]}" with an axis from 0 to {scene["max"]}; '
+            f"the bars, left to right, reach: {bars}."
+        )
+    if category == "size_compare":
+        parts = [
+            f"{_article(item['colour'])} {item['colour']} {item['shape']} "
+            f"{item['box'][2] - item['box'][0]} pixels wide"
+            for item in scene["shapes"]
+        ]
+        return f"The image shows {_listing(parts)}."
+    assert category == "arithmetic", category
+    parts = [f"the number {n['value']} written in {n['colour']}" for n in scene["numbers"]]
+    return f"The image shows, from top to bottom, {_listing(parts)}."
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _listing(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 # --- one builder per category: (rng, ask) -> question, answer, options, scene ---

@@ -1,0 +1,379 @@
+"""The TED loop over a dataset: batches in flight on workers, one bank, checkpoints.
+
+The samples go, in the run's training order, into batches of ``batch_size``.  Up to
+``concurrency`` samples per worker are in flight; each runs its student and teacher
+phases on a worker (a student endpoint, with its own teacher or the shared one; a
+new sample goes to the worker with the fewest samples in flight).  All samples of a
+batch run against the same bank version: the bank as it was when the batch's first
+sample started.  Batches are committed one at a time, in order: the teachers'
+proposals are reconciled into one document and applied as one new version
+(:mod:`ted_sglang.batch`).  Samples start as soon as there is room, so a batch may
+start against a bank that an earlier batch is about to change (an operation naming
+an entry that has vanished since is rejected by the bank, and logged).  After each
+committed batch the log lines are made durable, then the bank file, which carries the
+checkpoint, is replaced atomically: a batch is committed by one bank write.
+``resume=True`` continues where the file left off: nothing is lost and nothing is
+applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ted_sglang.bank import CompressionBudget, CompressionPolicy, ExperienceBank
+from ted_sglang.batch import BatchContext, commit_batch
+from ted_sglang.checkpoint import Checkpoint
+from ted_sglang.config import DistillConfig
+from ted_sglang.data import Sample
+from ted_sglang.embedding import load_similarity
+from ted_sglang.leakage import question_hash
+from ted_sglang.programs import RequestFailed, Tokens
+from ted_sglang.prompts import ImageFallback
+from ted_sglang.runtime import Endpoint
+from ted_sglang.step import ALL_CORRECT, ALL_WRONG, BankView, PhaseResult, run_phases, tokens_total
+from ted_sglang.steplog import BATCH, FAILED, STEP, StepLog, default_log_path
+from ted_sglang.workers import Worker, WorkerPool, make_workers
+
+T = TypeVar("T")
+
+
+@dataclass
+class DistillSummary:
+    """What a run did (this invocation) and where the bank stands."""
+
+    bank_path: Path
+    log_path: Path
+    resumed: bool
+    total_samples: int
+    done_before: int
+    done_now: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    applied_ops: int = 0
+    rejected_ops: int = 0
+    reconcile_merged: int = 0
+    reconcile_dropped: int = 0
+    batches: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {ALL_CORRECT: 0, ALL_WRONG: 0})
+    trajectories: int = 0
+    correct: int = 0
+    bank_version: int = 0
+    bank_size: int = 0
+    seconds: float = 0.0
+    tokens: Tokens = field(default_factory=Tokens)
+    workers: list[str] = field(default_factory=list)
+    similarity: str = ""
+
+    @property
+    def student_accuracy(self) -> float:
+        return self.correct / self.trajectories if self.trajectories else 0.0
+
+    @property
+    def samples_per_minute(self) -> float:
+        return 60.0 * self.done_now / self.seconds if self.seconds else 0.0
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bank": str(self.bank_path),
+            "log": str(self.log_path),
+            "resumed": self.resumed,
+            "total_samples": self.total_samples,
+            "done_before": self.done_before,
+            "done_now": self.done_now,
+            "failed": [{"sample_id": i, "error": e} for i, e in self.failed],
+            "batches": self.batches,
+            "skipped_uniform": {**self.skipped, "total": self.num_skipped},
+            "applied_operations": self.applied_ops,
+            "rejected_operations": self.rejected_ops,
+            "reconcile_merged": self.reconcile_merged,
+            "reconcile_dropped": self.reconcile_dropped,
+            "student_accuracy": self.student_accuracy,
+            "bank_version": self.bank_version,
+            "bank_size": self.bank_size,
+            "seconds": round(self.seconds, 2),
+            "samples_per_minute": round(self.samples_per_minute, 3),
+            "tokens": self.tokens.to_dict(),
+            "cache_hit_rate": round(self.tokens.cache_hit_rate, 4),
+            "workers": list(self.workers),
+            "similarity": self.similarity,
+        }
+
+
+def prepare_bank(
+    bank_path: Path,
+    samples: Sequence[Sample],
+    dataset: dict[str, Any],
+    config: DistillConfig,
+    student_model: str,
+    *,
+    resume: bool,
+    force: bool,
+) -> tuple[ExperienceBank, Checkpoint]:
+    """The bank to train and its checkpoint: a new one, or the one in ``bank_path``
+    when resuming (checked against this run's dataset and settings)."""
+    if resume and force:
+        raise ValueError("--resume and --force contradict each other: pick one")
+    if resume:
+        if not bank_path.exists():
+            raise ValueError(f"--resume: {bank_path} does not exist (drop --resume to start)")
+        bank = ExperienceBank.load(bank_path)
+        checkpoint = Checkpoint.from_bank(bank)
+        checkpoint.check_matches(samples, dataset, config.fingerprint())
+        if bank.meta.student_model != student_model:
+            raise ValueError(
+                f"--resume: the bank was distilled for {bank.meta.student_model!r}, but the "
+                f"student now serves {student_model!r}"
+            )
+        return bank, checkpoint
+    if bank_path.exists() and not force:
+        raise ValueError(
+            f"{bank_path} already exists: pass --resume to continue its run, or --force to "
+            "overwrite it"
+        )
+    bank = ExperienceBank(limits=config.limits, student_model=student_model)
+    checkpoint = Checkpoint.start(samples, dataset, config.fingerprint(), config.seed)
+    checkpoint.store(bank)
+    return bank, checkpoint
+
+
+@dataclass
+class _InFlight:
+    """A batch whose samples are being started (all against ``view``)."""
+
+    samples: list[Sample]
+    view: BankView
+    futures: list[Future[PhaseResult]] = field(default_factory=list)
+    rng_after: tuple = ()
+
+    @property
+    def is_started(self) -> bool:
+        return len(self.futures) == len(self.samples)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.is_started and all(f.done() for f in self.futures)
+
+
+def distill(
+    samples: Sequence[Sample],
+    bank_path: str | os.PathLike[str],
+    student: Endpoint | Sequence[Endpoint],
+    teacher: Endpoint | None,
+    config: DistillConfig,
+    *,
+    dataset: dict[str, Any] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> DistillSummary:
+    """Distill a bank from ``samples`` into ``bank_path`` (see the module docstring).
+
+    ``student``: one endpoint or several (one worker each, same model); ``teacher``:
+    the teacher of every worker, or ``None`` for each worker's own student.
+    ``dataset`` describes the samples' source (``path``, ``split``, ``limit``) for
+    the checkpoint; ``log_path`` defaults to ``<bank>.log.jsonl``.  A sample whose
+    requests keep failing is logged as failed and left undone (a later ``resume``
+    retries it); bad teacher output is logged and skipped.
+    """
+    if not samples:
+        raise ValueError("there are no samples to distill from")
+    workers = make_workers([student] if isinstance(student, Endpoint) else student, teacher)
+    bank_path = Path(bank_path)
+    log = StepLog(log_path or default_log_path(bank_path))
+    dataset = dict(dataset or {})
+    bank, checkpoint = prepare_bank(
+        bank_path, samples, dataset, config, workers[0].student.model_path,
+        resume=resume, force=force,
+    )  # fmt: skip
+    kept = _start_log(log, bank, bank_path, checkpoint, resume)
+    summary = DistillSummary(bank_path, log.path, resume, len(checkpoint.order), checkpoint.step, 0)
+    summary.workers = [w.student.url for w in workers]
+    for record in kept:
+        if record.get("event") == STEP:
+            summary.trajectories += record.get("student_total", 0)
+            summary.correct += record.get("student_correct", 0)
+    by_id = {s.id: s for s in samples}
+    similarity, summary.similarity = load_similarity(config.similarity)
+    policy = CompressionPolicy(
+        budget=CompressionBudget(max_entries=config.max_entries, max_tokens=config.max_bank_tokens),
+        similarity=similarity,
+        merge_threshold=config.merge_threshold,
+    )
+    context = BatchContext(policy, teacher or workers[0].teacher, config, similarity)
+    rng = checkpoint.rng()
+    images = ImageFallback()
+    remaining = [by_id[i] for i in checkpoint.remaining()]
+    todo = deque(
+        remaining[i : i + config.batch_size] for i in range(0, len(remaining), config.batch_size)
+    )
+    pending: deque[_InFlight] = deque()
+    capacity = config.concurrency * len(workers)
+    pool = WorkerPool(workers, capacity)
+    bar = _progress_bar(len(checkpoint.order), checkpoint.step, enabled=progress)
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+
+    def running() -> list[Future[PhaseResult]]:
+        return [f for b in pending for f in b.futures if not f.done()]
+
+    def fill() -> None:
+        """Start samples, in order, while there is room; a batch's view is the bank
+        as it is when its first sample starts."""
+        while len(running()) < capacity and (todo or (pending and not pending[-1].is_started)):
+            if not pending or pending[-1].is_started:
+                pending.append(_InFlight(todo.popleft(), BankView.of(bank)))
+            batch = pending[-1]
+            sample = batch.samples[len(batch.futures)]
+            order = rng.sample(range(config.rollouts), config.rollouts)
+            batch.futures.append(pool.submit(_phases(sample, batch.view, config, images, order)))
+            batch.rng_after = rng.getstate()
+
+    try:
+        fill()
+        while pending:
+            if not pending[0].is_finished:
+                wait(running(), return_when=FIRST_COMPLETED)
+                fill()
+                continue
+            batch = pending.popleft()
+            results: list[PhaseResult] = []
+            for sample, future in zip(batch.samples, batch.futures, strict=True):
+                try:
+                    results.append(future.result())
+                except RequestFailed as exc:
+                    summary.failed.append((sample.id, str(exc)))
+                    log.append({"event": FAILED, "sample_id": sample.id, "error": str(exc)})
+                    bar.write(f"sample {sample.id} failed: {exc}")
+            if results:
+                step_records, batch_record = commit_batch(
+                    bank, results, batch=checkpoint.batches + 1, first_step=checkpoint.step + 1,
+                    context=context,
+                )  # fmt: skip
+                done = [r.sample for r in results]
+                checkpoint.mark_batch_done([s.id for s in done], batch.rng_after)
+                checkpoint.store(bank)
+                hashes = [question_hash(s) for s in done]
+                bank.meta.add_training_samples([s.id for s in done], hashes)
+                for record in [*step_records, batch_record]:
+                    log.append(record)  # durable before the bank says the batch is done
+                bank.save(bank_path)
+                records += [*step_records, batch_record]
+                _count(summary, step_records, batch_record)
+                bar.update(len(step_records))
+                bar.set_postfix(
+                    acc=f"{summary.student_accuracy:.2f}", bank=len(bank), skip=summary.num_skipped
+                )
+            fill()
+    finally:
+        pool.shutdown()
+        bar.close()
+        log.close()
+    summary.seconds = time.perf_counter() - started
+    summary.bank_version, summary.bank_size = bank.version, len(bank)
+    summary.tokens = tokens_total(records)
+    return summary
+
+
+def _start_log(
+    log: StepLog, bank: ExperienceBank, bank_path: Path, checkpoint: Checkpoint, resume: bool
+) -> list[dict[str, Any]]:
+    """A fresh log (and the fresh bank saved first), or the resumed run's log with the
+    lines of unfinished batches dropped; returns the kept records."""
+    if not resume:
+        bank_path.parent.mkdir(parents=True, exist_ok=True)
+        bank.save(bank_path)  # first: a crash in between leaves a fresh bank, stale lines
+        log.start_fresh()
+        return []
+    kept, dropped = log.reconcile(checkpoint.done)
+    if dropped:
+        print(f"log: dropped {dropped} line(s) of unfinished steps", file=sys.stderr)
+    steps = sum(r.get("event") == STEP for r in kept)
+    if steps != checkpoint.step:
+        print(
+            f"warning: the log has {steps} of the {checkpoint.step} finished steps",
+            file=sys.stderr,
+        )
+    return kept
+
+
+def _phases(
+    sample: Sample, view: BankView, config: DistillConfig, images: ImageFallback, order: list[int]
+) -> Callable[[Worker], PhaseResult]:
+    """The work of one sample, for whichever worker runs it (retried on failures)."""
+
+    def work(worker: Worker) -> PhaseResult:
+        return _with_retries(
+            config.retries,
+            lambda: run_phases(sample, view, worker.student, worker.teacher, config, images, order),
+        )
+
+    return work
+
+
+def _with_retries(retries: int, call: Callable[[], T]) -> T:
+    """``call()``, tried again up to ``retries`` times when a request fails."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except RequestFailed:
+            if attempt == retries:
+                raise
+            time.sleep(min(2.0**attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
+def _count(summary: DistillSummary, steps: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+    assert batch["event"] == BATCH
+    summary.batches += 1
+    for record in steps:
+        summary.done_now += 1
+        summary.trajectories += record["student_total"]
+        summary.correct += record["student_correct"]
+        if record["skipped"] is not None:
+            summary.skipped[record["skipped"]] += 1
+    compression = batch.get("compression") or {}
+    for report in (
+        batch.get("operations"),
+        compression.get("removals"),
+        compression.get("operations"),
+    ):
+        if report:
+            summary.applied_ops += report["num_applied"]
+            summary.rejected_ops += report["num_rejected"]
+    if batch.get("reconcile"):
+        summary.reconcile_merged += batch["reconcile"]["merged"]
+        summary.reconcile_dropped += batch["reconcile"]["dropped"]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="distill", unit="sample", dynamic_ncols=True)

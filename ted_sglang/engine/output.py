@@ -1,0 +1,96 @@
+"""Text and SGLang-shaped responses (``text``, ``output_ids``, ``meta_info``) of sequences."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ted_sglang.engine.sequence import Sequence
+
+
+class OutputBuilder:
+    """Detokenizes outputs and builds ``/generate`` answers as SGLang 0.5.23 shapes them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def final_text(self, seq: Sequence) -> str:
+        """The output text with the matched stop token or stop string trimmed (as SGLang)."""
+        ids = seq.output_ids
+        matched = (seq.finish_reason or {}).get("matched")
+        trim = not seq.sampling.no_stop_trim
+        if isinstance(matched, int) and trim and ids and ids[-1] == matched:
+            ids = ids[:-1]
+        text = self.decode(ids, seq)
+        if isinstance(matched, str):
+            pos = text.find(matched)
+            if pos != -1:
+                text = text[: pos + len(matched)] if not trim else text[:pos]
+        return text
+
+    def partial_text(self, seq: Sequence, num_tokens: int) -> str:
+        """Text of the first ``num_tokens`` outputs that is safe to stream: an unfinished
+        UTF-8 character, or a tail that may grow into a stop string, is held back."""
+        text = self.decode(seq.output_ids[:num_tokens], seq)
+        text = text.rstrip("\ufffd")
+        for stop in seq.sampling.stop:
+            if stop in text:
+                text = text[: text.find(stop)]
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    text = text[:-k]
+                    break
+        return text
+
+    def decode(self, ids: list[int], seq: Sequence) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=seq.sampling.skip_special_tokens)
+
+    def tail_text(self, ids: list[int], num_tokens: int) -> str:
+        return self.tokenizer.decode(ids[-num_tokens:])
+
+    def response(self, seq: Sequence, text: str, num_tokens: int | None = None) -> dict[str, Any]:
+        """``{"text", "output_ids", "meta_info"}`` for the first ``num_tokens`` outputs."""
+        n = seq.num_output_tokens if num_tokens is None else num_tokens
+        return {"text": text, "output_ids": seq.output_ids[:n], "meta_info": self.meta_info(seq, n)}
+
+    def meta_info(self, seq: Sequence, num_tokens: int) -> dict[str, Any]:
+        finished = seq.is_finished and num_tokens == seq.num_output_tokens
+        meta: dict[str, Any] = {
+            "id": seq.rid,
+            "finish_reason": seq.finish_reason if finished else None,
+            "prompt_tokens": seq.prompt_len,
+            "weight_version": "default",
+            "num_retractions": 0,
+            "reasoning_tokens": 0,
+            "completion_tokens": num_tokens,
+            "cached_tokens": seq.num_cached_tokens,
+        }
+        if seq.image is not None:
+            meta["image_tokens"] = seq.image.end - seq.image.start
+        if seq.return_logprob:
+            text = seq.return_text_in_logprobs
+            meta["input_token_logprobs"] = self._entries(seq.input_token_logprobs, text)
+            meta["output_token_logprobs"] = self._entries(
+                seq.output_token_logprobs[:num_tokens], text
+            )
+            meta["output_token_logprobs_length"] = min(num_tokens, len(seq.output_token_logprobs))
+            if seq.top_logprobs_num > 0:
+                meta["input_top_logprobs"] = [
+                    None if row is None else self._entries(row, text)
+                    for row in seq.input_top_logprobs
+                ]
+                meta["output_top_logprobs"] = [
+                    self._entries(row, text) for row in seq.output_top_logprobs[:num_tokens]
+                ]
+        if finished:
+            meta["e2e_latency"] = (seq.finish_time or time.perf_counter()) - seq.arrival_time
+        return meta
+
+    def _entries(self, pairs: list[Any], with_text: bool) -> list[list[Any]]:
+        """SGLang's ``[logprob, token_id, text-or-None]`` triples."""
+        if not pairs:
+            return []
+        if not with_text:
+            return [[lp, tid, None] for lp, tid in pairs]
+        texts = self.tokenizer.batch_decode([[tid] for _, tid in pairs])
+        return [[lp, tid, t] for (lp, tid), t in zip(pairs, texts, strict=True)]

@@ -1,0 +1,341 @@
+"""SGLang's native ``/generate`` request: parsed, checked, and expanded into items.
+
+Types are checked by SGLang's own JSON contract (``sglang.api.v1.api_types``,
+the schema its Python and Rust servers share), so whatever SGLang 0.5.23 accepts
+parses here; the value checks and defaults mirror
+``sglang/srt/sampling/sampling_params.py`` and ``GenerateReqInput``. A null
+field means its default. Fields of features this engine does not have (LoRA,
+sessions, embeddings input, ...) are refused when set, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+TOP_K_ALL = 1 << 30
+MAX_STOP_COUNT = 32
+MAX_N = 64
+_SAMPLING_EPS = 1e-6
+
+# Set (non-null, non-false) values of these fields are refused: they would change the result.
+_UNSUPPORTED_FIELDS = (
+    "input_embeds",
+    "video_data",
+    "audio_data",
+    "lora_path",
+    "lora_id",
+    "session_params",
+    "custom_logit_processor",
+    "token_ids_logprob",
+    "return_hidden_states",
+    "cache_salt",
+    "extra_key",
+    "return_routed_experts",
+    "return_flat_raw_top_logprobs",
+    "return_flat_raw_output_top_logprobs",
+    "positional_embed_overrides",
+    "mm_hashes",
+    "max_thinking_tokens",
+    "require_reasoning",
+    "return_sampling_mask",
+    "kv_hints",
+)
+_UNSUPPORTED_SAMPLING = ("structural_tag", "beam_width", "custom_params", "watermark", "choice")
+
+
+class RequestError(ValueError):
+    """A request the engine refuses; ``status_code`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status_code: int = 400, err_type: str = "BadRequestError"):
+        super().__init__(message)
+        self.status_code = status_code
+        self.err_type = err_type
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings of one request, with SGLang's defaults (greedy is ``top_k == 1``)."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: set[int] = field(default_factory=set)
+    stop_regex: list[str] = field(default_factory=list)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = TOP_K_ALL
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    regex: str | None = None
+    json_schema: str | None = None
+    ebnf: str | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    sampling_seed: int | None = None
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.top_k == 1
+
+    @property
+    def grammar_key(self) -> tuple[str, str] | None:
+        """``(kind, text)`` of the constraint, or None."""
+        for kind in ("json_schema", "regex", "ebnf"):
+            value = getattr(self, kind)
+            if value is not None:
+                return kind, value
+        return None
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+
+@dataclass
+class GenerateItem:
+    """One prompt to run once (a request with ``n`` samples becomes ``n`` items)."""
+
+    rid: str
+    text: str | None
+    input_ids: list[int] | None
+    image_data: str | None
+    sampling: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
+
+
+@dataclass
+class GenerateRequest:
+    """A parsed ``/generate`` body: its items and how to shape the answer."""
+
+    items: list[GenerateItem]
+    is_single: bool
+    stream: bool
+
+
+def parse_generate(body: Any) -> GenerateRequest:
+    """Check a decoded ``/generate`` JSON body and expand it into items; raises RequestError."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    _check_contract(body)
+    for name in _UNSUPPORTED_FIELDS:
+        if body.get(name):
+            raise RequestError(f"{name!r} is not supported by this engine")
+
+    text, input_ids = body.get("text"), body.get("input_ids")
+    if text is None and input_ids is None:
+        raise RequestError("Either text or input_ids should be provided.")
+    if text is not None and input_ids is not None:
+        raise RequestError("Only one of text or input_ids can be provided.")
+    if text is not None:
+        is_single = isinstance(text, str)
+        prompts: list[Any] = [text] if is_single else list(text)
+    else:
+        if len(input_ids) == 0:
+            raise RequestError("input_ids cannot be empty.")
+        is_single = isinstance(input_ids[0], int)
+        prompts = [input_ids] if is_single else list(input_ids)
+        if any(len(ids) == 0 for ids in prompts):
+            raise RequestError("input_ids cannot be empty.")
+        if any(i < 0 for ids in prompts for i in ids):
+            raise RequestError("input_ids must be non-negative token ids.")
+    if not prompts:
+        raise RequestError("the batch of prompts is empty")
+    num = len(prompts)
+
+    params = _per_prompt(body.get("sampling_params"), num, "sampling_params", default={})
+    samplings = [parse_sampling_params(p or {}) for p in params]
+    n = samplings[0].n
+    if any(s.n != n for s in samplings):
+        raise RequestError("n must be the same in every sampling_params of a batch")
+    images = _images(body.get("image_data"), num, is_single)
+    return_logprob = _per_prompt(body.get("return_logprob"), num, "return_logprob", False)
+    start_len = _per_prompt(body.get("logprob_start_len"), num, "logprob_start_len", -1)
+    top_num = _per_prompt(body.get("top_logprobs_num"), num, "top_logprobs_num", 0)
+    text_in_logprobs = bool(body.get("return_text_in_logprobs") or False)
+    rids = _rids(body.get("rid"), num * n)
+
+    items = []
+    for i, prompt in enumerate(prompts):
+        if start_len[i] is not None and start_len[i] < -1:
+            raise RequestError(f"logprob_start_len must be >= -1, got {start_len[i]}")
+        if top_num[i] is not None and top_num[i] < 0:
+            raise RequestError(f"top_logprobs_num must be >= 0, got {top_num[i]}")
+        for _ in range(n):
+            items.append(
+                GenerateItem(
+                    rid=rids[len(items)],
+                    text=prompt if text is not None else None,
+                    input_ids=list(prompt) if input_ids is not None else None,
+                    image_data=images[i],
+                    sampling=samplings[i],
+                    return_logprob=bool(return_logprob[i]),
+                    logprob_start_len=-1 if start_len[i] is None else start_len[i],
+                    top_logprobs_num=top_num[i] or 0,
+                    return_text_in_logprobs=text_in_logprobs,
+                )
+            )
+    return GenerateRequest(
+        items=items, is_single=is_single and n == 1, stream=bool(body.get("stream") or False)
+    )
+
+
+def parse_sampling_params(raw: dict[str, Any]) -> SamplingParams:
+    """SGLang's ``SamplingParams.__post_init__`` + ``verify`` on a (contract-checked) dict."""
+    for name in _UNSUPPORTED_SAMPLING:
+        if raw.get(name):
+            raise RequestError(f"sampling_params.{name} is not supported by this engine")
+
+    def get(name: str, default: Any) -> Any:
+        value = raw.get(name)
+        return default if value is None else value
+
+    sp = SamplingParams(
+        max_new_tokens=get("max_new_tokens", 128),
+        min_new_tokens=get("min_new_tokens", 0),
+        n=get("n", 1),
+        stop=_str_list(raw.get("stop")),
+        stop_token_ids={int(t) for t in (raw.get("stop_token_ids") or ()) if t is not None},
+        stop_regex=_str_list(raw.get("stop_regex")),
+        temperature=float(get("temperature", 1.0)),
+        top_p=float(get("top_p", 1.0)),
+        top_k=get("top_k", -1),
+        min_p=float(get("min_p", 0.0)),
+        frequency_penalty=float(get("frequency_penalty", 0.0)),
+        presence_penalty=float(get("presence_penalty", 0.0)),
+        repetition_penalty=float(get("repetition_penalty", 1.0)),
+        ignore_eos=bool(get("ignore_eos", False)),
+        skip_special_tokens=bool(get("skip_special_tokens", True)),
+        spaces_between_special_tokens=bool(get("spaces_between_special_tokens", True)),
+        no_stop_trim=bool(get("no_stop_trim", False)),
+        regex=raw.get("regex") or None,
+        json_schema=raw.get("json_schema") or None,
+        ebnf=raw.get("ebnf") or None,
+        logit_bias=_logit_bias(raw.get("logit_bias")),
+        sampling_seed=raw.get("sampling_seed"),
+    )
+    if not math.isfinite(sp.temperature) or sp.temperature < 0.0:
+        raise RequestError(
+            f"temperature must be a non-negative finite number, got {sp.temperature}."
+        )
+    if sp.temperature < _SAMPLING_EPS:
+        sp.temperature, sp.top_k = 1.0, 1
+    if sp.top_k == -1:
+        sp.top_k = TOP_K_ALL
+    if not 0.0 < sp.top_p <= 1.0:
+        raise RequestError(f"top_p must be in (0, 1], got {sp.top_p}.")
+    if not 0.0 <= sp.min_p <= 1.0:
+        raise RequestError(f"min_p must be in [0, 1], got {sp.min_p}.")
+    if sp.top_k < 1:
+        raise RequestError(f"top_k must be -1 (disable) or at least 1, got {sp.top_k}.")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if not -2.0 <= getattr(sp, name) <= 2.0:
+            raise RequestError(f"{name} must be in [-2, 2], got {getattr(sp, name)}.")
+    if not 0.0 < sp.repetition_penalty <= 2.0:
+        raise RequestError(
+            f"repetition_penalty must be in (0, 2] (1.0 = no penalty), got {sp.repetition_penalty}."
+        )
+    if sp.max_new_tokens < 0:
+        raise RequestError(f"max_new_tokens must be at least 0, got {sp.max_new_tokens}.")
+    if not 0 <= sp.min_new_tokens <= sp.max_new_tokens:
+        raise RequestError(
+            f"min_new_tokens must be in [0, max_new_tokens({sp.max_new_tokens})], "
+            f"got {sp.min_new_tokens}."
+        )
+    if not 1 <= sp.n <= MAX_N:
+        raise RequestError(f"n must be in [1, {MAX_N}], got {sp.n}.")
+    if len(sp.stop) > MAX_STOP_COUNT:
+        raise RequestError(f"at most {MAX_STOP_COUNT} stop strings are allowed, got {len(sp.stop)}")
+    if sum(x is not None for x in (sp.json_schema, sp.regex, sp.ebnf)) > 1:
+        raise RequestError("Only one of json_schema, regex, ebnf, or structural_tag can be set.")
+    if sp.stop_regex:
+        import re
+
+        for pattern in sp.stop_regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RequestError(f"invalid stop_regex {pattern!r}: {exc}") from None
+    return sp
+
+
+def _check_contract(body: dict[str, Any]) -> None:
+    from sglang.api.v1.api_types import GenerateRequest as ContractRequest
+    from sglang.api.v1.api_types import JsonContractError
+
+    try:
+        ContractRequest.from_json_value(body)
+    except JsonContractError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _per_prompt(value: Any, num: int, name: str, default: Any) -> list[Any]:
+    if isinstance(value, list):
+        if len(value) != num:
+            raise RequestError(f"{name} has {len(value)} entries for {num} prompts")
+        return [default if v is None else v for v in value]
+    return [default if value is None else value] * num
+
+
+def _images(value: Any, num: int, is_single: bool) -> list[str | None]:
+    """One image (or None) per prompt; more than one image for a prompt is refused."""
+
+    def one(entry: Any) -> str | None:
+        if isinstance(entry, list):
+            entry = [e for e in entry if e is not None]
+            if len(entry) > 1:
+                raise RequestError("at most one image per request is supported")
+            entry = entry[0] if entry else None
+        if entry is not None and not isinstance(entry, str):
+            raise RequestError("image_data must be a file path, base64 data or a data URI")
+        return entry or None
+
+    if value is None:
+        return [None] * num
+    if is_single:
+        return [one(value)]
+    if not isinstance(value, list) or len(value) != num:
+        raise RequestError(f"image_data must be a list of {num} entries, one per prompt")
+    return [one(v) for v in value]
+
+
+def _rids(value: Any, num: int) -> list[str]:
+    if value is None:
+        return [uuid.uuid4().hex for _ in range(num)]
+    if isinstance(value, str):
+        return [value] if num == 1 else [f"{value}_{i}" for i in range(num)]
+    if len(value) != num:
+        raise RequestError(f"rid has {len(value)} entries for {num} requests")
+    if len(set(value)) != len(value):
+        raise RequestError("rid values must be unique")
+    return list(value)
+
+
+def _str_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [s for s in value if s]
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    if not value:
+        return {}
+    try:
+        return {int(k): float(v) for k, v in value.items()}
+    except ValueError:
+        raise RequestError("logit_bias keys must be token ids") from None

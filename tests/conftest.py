@@ -1,0 +1,132 @@
+"""Shared fixtures: tiny random models on disk and reference engines serving them.
+
+Engines are real processes on loopback ports, started once per test session
+and stopped (with their process groups) when it ends. They constrain JSON
+without free whitespace (``--constrained-json-disable-any-whitespace``): a
+random model would otherwise fill ``json_schema`` output with whitespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ENGINE_ARGS = ("--constrained-json-disable-any-whitespace",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama-style text model with a ChatML byte-level BPE tokenizer."""
+    from ted_sglang.engine.tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-text"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLaVA-style model (``<image>`` = 16 tokens of a 32x32 image)."""
+    from ted_sglang.engine.tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-vision"), vision=True, seed=0)
+
+
+def _launch(model_dir: Path, log_dir: Path, *extra: str):
+    from ted_sglang.engine.launcher import launch_engine
+
+    return launch_engine(
+        model_dir,
+        extra_args=(*ENGINE_ARGS, *extra),
+        log_path=log_dir / "engine.log",
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A reference engine (:class:`LaunchedEngine`) on the tiny text model, shared by tests."""
+    engine = _launch(tiny_model_dir, tmp_path_factory.mktemp("engine-text"))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def engine_url(tiny_engine) -> str:
+    """Base URL of the shared engine on the tiny text model."""
+    return tiny_engine.url
+
+
+@pytest.fixture(scope="session")
+def vision_engine(tiny_vision_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    engine = _launch(tiny_vision_model_dir, tmp_path_factory.mktemp("engine-vision"))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vision_engine_url(vision_engine) -> str:
+    """Base URL of the shared engine on the tiny vision model."""
+    return vision_engine.url
+
+
+@pytest.fixture(scope="session")
+def failing_url(engine_url: str) -> Iterator[str]:
+    """A loopback server that describes the tiny engine's model but fails every
+    ``/generate`` with HTTP 500 (a server that cannot serve a request)."""
+    import http.server
+    import threading
+    import urllib.request
+
+    with urllib.request.urlopen(engine_url + "/get_model_info", timeout=10) as response:
+        info = response.read()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path in ("/get_model_info", "/model_info")
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(info if ok else b"{}")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error": {"message": "out of memory", "code": 500}}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def second_engine_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Base URL of a second engine on the tiny text model (scale-out tests)."""
+    engine = _launch(tiny_model_dir, tmp_path_factory.mktemp("engine-text-2"))
+    yield engine.url
+    engine.close()

@@ -1,0 +1,159 @@
+"""Scale-out: serve balancing several endpoints (and failing over), and serve in front of
+an SGLang router (``sglang-router``, skipped when it is not installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ted_sglang.bank import ExperienceBank
+from ted_sglang.engine.launcher import free_port, launch_engine
+from ted_sglang.serve.settings import ServeSettings
+from ted_sglang.serve.thread import ServeThread
+
+ADMIN = "admin-secret"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+USER = [{"role": "user", "content": "How many sides does a square have?"}]
+LONG = {"max_tokens": 400, "temperature": 0, "stream": True, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture()
+def bank_path(tmp_path: Path) -> Path:
+    bank = ExperienceBank(student_model="tiny")
+    bank.apply({"operations": [{"op": "add", "text": "Count the sides one by one, then check."}]})
+    bank.save(tmp_path / "bank.json")
+    return tmp_path / "bank.json"
+
+
+def serve(bank_path: Path, endpoints: list[str]) -> ServeThread:
+    settings = ServeSettings(
+        bank_path=bank_path, endpoints=endpoints, port=free_port(), admin_token=ADMIN
+    )
+    return ServeThread(settings)
+
+
+def endpoint_stats(url: str) -> dict[str, dict]:
+    status = httpx.get(url + "/admin/bank", headers=AUTH).json()
+    return {e["url"]: e for e in status["endpoints"]}
+
+
+def test_requests_are_spread_over_endpoints(
+    engine_url: str, second_engine_url: str, bank_path: Path
+) -> None:
+    with serve(bank_path, [engine_url, second_engine_url]) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(
+                pool.map(
+                    lambda i: client.chat.completions.create(
+                        model="tiny", messages=USER, max_tokens=4, seed=i
+                    ),
+                    range(16),
+                )
+            )
+        assert all(o.system_fingerprint == "ted-bank-v1" for o in outs)
+        stats = endpoint_stats(url)
+        assert stats[engine_url]["requests"] >= 3 and stats[second_engine_url]["requests"] >= 3
+        assert stats[engine_url]["outstanding"] == stats[second_engine_url]["outstanding"] == 0
+
+
+@pytest.mark.slow
+def test_dead_endpoint_fails_its_stream_and_is_skipped(
+    engine_url: str, tiny_model_dir: Path, tmp_path: Path, bank_path: Path
+) -> None:
+    doomed = launch_engine(tiny_model_dir, log_path=tmp_path / "doomed.log", timeout=180)
+    try:
+        with serve(bank_path, [doomed.url, engine_url]) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+            streams = []
+            for _ in range(2):  # least outstanding: one stream on each endpoint
+                stream = client.chat.completions.create(model="tiny", messages=USER, **LONG)
+                next(iter(stream))
+                streams.append(stream)
+            assert {e["outstanding"] for e in endpoint_stats(url).values()} == {1}
+            os.killpg(doomed.process.pid, signal.SIGKILL)
+            outcomes = []
+            for stream in streams:
+                try:
+                    chunks = list(stream)
+                except openai.APIError as exc:  # the error event, in OpenAI's shape
+                    assert "failed" in exc.message
+                    outcomes.append("error")
+                else:
+                    assert chunks[-1].choices[0].finish_reason == "length"
+                    outcomes.append("done")
+            assert sorted(outcomes) == ["done", "error"]
+            for _ in range(4):  # the dead endpoint refuses connections: all go elsewhere
+                out = client.chat.completions.create(model="tiny", messages=USER, max_tokens=2)
+                assert out.choices[0].finish_reason in ("stop", "length")
+            stats = endpoint_stats(url)
+            assert stats[doomed.url]["failures"] >= 2 and stats[engine_url]["requests"] >= 5
+    finally:
+        doomed.close()
+
+
+@pytest.fixture()
+def router_url(engine_url: str, second_engine_url: str, tmp_path: Path) -> Iterator[str]:
+    if importlib.util.find_spec("sglang_router") is None:
+        pytest.skip("sglang-router is not installed")
+    port = free_port()
+    log = open(tmp_path / "router.log", "wb")  # noqa: SIM115  (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "sglang_router.launch_router",
+            "--worker-urls", engine_url, second_engine_url,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--prometheus-port", str(free_port()), "--log-level", "warn",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # up once a worker answers through it
+            assert process.poll() is None, (tmp_path / "router.log").read_text()[-2000:]
+            try:
+                if httpx.get(url + "/get_model_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the router did not come up"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_serve_behind_an_sglang_router(
+    router_url: str, bank_path: Path, tiny_model_dir: Path
+) -> None:
+    with serve(bank_path, [router_url]) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [str(tiny_model_dir)]
+        first = client.chat.completions.create(model="tiny", messages=USER, max_tokens=3)
+        other = [{"role": "user", "content": "And a triangle?"}]
+        second = client.chat.completions.create(model="tiny", messages=other, max_tokens=3)
+        # the router's cache-aware policy keeps one bank prefix on one worker
+        assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
+        chunks = list(client.chat.completions.create(model="tiny", messages=USER, max_tokens=3,
+                                                     stream=True))  # fmt: skip
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert httpx.get(url + "/health").status_code == 200

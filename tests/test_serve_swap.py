@@ -1,0 +1,159 @@
+"""Hot swap of the bank while serving: a new file is served on the next request, a torn
+file never interrupts serving, a request in flight keeps the version it started with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ted_sglang.bank import ExperienceBank
+from ted_sglang.engine.launcher import free_port
+from ted_sglang.serve.settings import ServeSettings
+from ted_sglang.serve.thread import ServeThread
+
+ADMIN = "admin-secret"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+USER = [{"role": "user", "content": "What is the area of the rectangle?"}]
+
+
+def new_bank(path: Path, *texts: str) -> ExperienceBank:
+    bank = ExperienceBank(student_model="tiny")
+    for text in texts:
+        add(bank, text)
+    bank.save(path)
+    return bank
+
+
+def add(bank: ExperienceBank, text: str) -> None:
+    report = bank.apply({"operations": [{"op": "add", "text": text}]})
+    assert report.error is None and report.version == report.previous_version + 1
+
+
+def ask(client: openai.OpenAI) -> tuple[int, int, str]:
+    """(bank version, prompt tokens, prompt text) of one short request."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=USER, max_tokens=1
+    )
+    out = raw.parse()
+    version = int(raw.headers["x-ted-bank-version"])
+    assert out.system_fingerprint == f"ted-bank-v{version}"
+    return version, out.usage.prompt_tokens, out.model_extra["ted"]["prompt"]
+
+
+def wait_for_version(client: openai.OpenAI, version: int, timeout: float = 15.0) -> tuple:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = ask(client)
+        if got[0] == version or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.fixture()
+def bank_path(tmp_path: Path) -> Path:
+    return tmp_path / "bank.json"
+
+
+@pytest.fixture()
+def served(engine_url: str, bank_path: Path) -> Iterator[tuple[str, openai.OpenAI]]:
+    new_bank(bank_path, "Check the units before you state the final answer.")
+    settings = ServeSettings(
+        bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
+        echo_prompt=True, poll_interval_s=0.1,
+    )  # fmt: skip
+    with ServeThread(settings) as url:
+        yield url, openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+
+
+def test_new_file_is_served_and_torn_file_is_refused(
+    served: tuple[str, openai.OpenAI], bank_path: Path
+) -> None:
+    url, client = served
+    version, tokens, prompt = ask(client)
+    assert version == 1
+    bank = ExperienceBank.load(bank_path)
+    new_text = "Draw the figure and label every side before writing the equation."
+    add(bank, new_text)
+    bank.save(bank_path)
+    version2, tokens2, prompt2 = wait_for_version(client, 2)
+    assert version2 == 2 and new_text in prompt2 and new_text not in prompt
+    assert tokens2 > tokens  # the engine saw the longer prompt
+    assert metric(url, "ted_serve_bank_swaps_total") == 1
+
+    good = bank_path.read_bytes()
+    with open(bank_path, "wb") as handle:  # a writer that is not atomic, caught mid-write
+        handle.write(good[: len(good) // 3])
+    window_end = time.monotonic() + 1.5  # 15 polls of the watcher
+    served_versions = set()
+    while time.monotonic() < window_end:
+        served_versions.add(ask(client)[0])
+    assert served_versions == {2}
+    assert metric(url, "ted_serve_bank_swap_failures_total") == 1  # counted once
+    status = httpx.get(url + "/admin/bank", headers=AUTH).json()
+    assert status["version"] == 2 and "not valid JSON" in status["last_error"]
+
+    add(bank, "Read the question again before you answer it.")
+    bank.save(bank_path)
+    assert wait_for_version(client, 3)[0] == 3
+    assert metric(url, "ted_serve_bank_swaps_total") == 2
+    requests = httpx.get(url + "/admin/bank", headers=AUTH).json()["requests_by_version"]
+    assert set(requests) == {"1", "2", "3"}
+    assert (
+        f'ted_serve_bank_requests_total{{version="2"}} {requests["2"]}'
+        in httpx.get(url + "/metrics").text
+    )
+
+
+def test_request_in_flight_keeps_its_version(
+    served: tuple[str, openai.OpenAI], bank_path: Path
+) -> None:
+    _, client = served
+    stream = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=200, temperature=0, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    first = next(iter(stream))
+    assert first.system_fingerprint == "ted-bank-v1"
+    bank = ExperienceBank.load(bank_path)
+    add(bank, "Count the items twice before you answer.")
+    bank.save(bank_path)
+    assert wait_for_version(client, 2)[0] == 2  # swapped while the stream runs
+    rest = list(stream)
+    finished = [c for c in rest if c.choices and c.choices[0].finish_reason]
+    assert finished and finished[0].choices[0].finish_reason == "length"
+    assert {c.system_fingerprint for c in rest} == {"ted-bank-v1"}
+
+
+def test_admin_reload(engine_url: str, bank_path: Path) -> None:
+    bank = new_bank(bank_path, "Check the units before you state the final answer.")
+    settings = ServeSettings(
+        bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
+        echo_prompt=True, poll_interval_s=3600,
+    )  # fmt: skip
+    with ServeThread(settings) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        add(bank, "Draw the figure and label every side first.")
+        bank.save(bank_path)
+        assert ask(client)[0] == 1  # not polled: still the old version
+        ok = httpx.post(url + "/admin/reload", headers=AUTH)
+        assert ok.json() == {"outcome": "swapped", "version": 2, "previous": 1}
+        assert ask(client)[0] == 2
+
+        bank_path.write_text('{"format": "ted-sglang-bank", "format_')
+        refused = httpx.post(url + "/admin/reload", headers=AUTH)
+        assert refused.status_code == 409
+        error = refused.json()["error"]
+        assert error["code"] == "bank_refused" and "still serving version 2" in error["message"]
+        assert ask(client)[0] == 2

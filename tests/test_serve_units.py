@@ -1,0 +1,309 @@
+"""serve's parts without a server: chat formatting, sampling parameters, bank hot swap on
+real files, usage log, metrics text, endpoint choice, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ted_sglang import prompts
+from ted_sglang.bank import ExperienceBank
+from ted_sglang.serve.backend import Backend
+from ted_sglang.serve.bank_state import RETRIES_PER_FILE, BankState
+from ted_sglang.serve.chat_format import ChatFormat
+from ted_sglang.serve.errors import ServeError, validation_message
+from ted_sglang.serve.metrics import Metrics
+from ted_sglang.serve.openai_protocol import ChatCompletionRequest, ChatMessage
+from ted_sglang.serve.sampling import JSON_OBJECT_SCHEMA, sampling_params
+from ted_sglang.serve.settings import ServeSettings
+from ted_sglang.serve.usage_log import AlreadyRated, UnknownRequest, UsageLog, apply_usage
+
+IMAGE_URI = "data:image/png;base64,iVBORw0KGgo="
+
+
+def make_bank(path: Path, *texts: str) -> ExperienceBank:
+    bank = ExperienceBank(student_model="tiny")
+    for text in texts:
+        bank.apply({"operations": [{"op": "add", "text": text}]})
+    bank.save(path)
+    return bank
+
+
+def chat(*messages: dict) -> list[ChatMessage]:
+    return [ChatMessage.model_validate(m) for m in messages]
+
+
+@pytest.fixture(scope="module")
+def chatml() -> ChatFormat:
+    return ChatFormat("chatml")
+
+
+# ---- chat formatting -----------------------------------------------------------------
+
+
+def test_bank_block_is_the_frontend_system_turn(chatml: ChatFormat) -> None:
+    system = prompts.student_system("[E1] Check the units.\n")
+    expected = chatml.template.get_prompt([{"role": "system", "content": system}])
+    assert chatml.system_block(system) == expected
+    assert expected == f"<|im_start|>system\n{system}<|im_end|>\n"
+
+
+def test_client_system_message_follows_the_bank_block(chatml: ChatFormat) -> None:
+    system = prompts.student_system("[E1] Check the units.\n")
+    block = chatml.system_block(system)
+    messages = chat(
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "3+3?"},
+    )
+    prompt = chatml.prompt(messages, system, block)
+    assert prompt.image_data is None
+    assert prompt.text == (
+        block
+        + "<|im_start|>system\nAnswer in French.<|im_end|>\n"
+        + "<|im_start|>user\n2+2?<|im_end|>\n"
+        + "<|im_start|>assistant\n4<|im_end|>\n"
+        + "<|im_start|>system\nBe brief.<|im_end|>\n"
+        + "<|im_start|>user\n3+3?<|im_end|>\n"
+        + "<|im_start|>assistant\n"
+    )
+    no_bank = chatml.prompt(messages[1:2], None, None)
+    assert no_bank.text == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_content_parts_text_joined_and_one_inline_image(chatml: ChatFormat) -> None:
+    messages = chat(
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": IMAGE_URI}},
+                {"type": "text", "text": "What is "},
+                {"type": "text", "text": "shown?"},
+            ],
+        }
+    )
+    prompt = chatml.prompt(messages, None, None)
+    assert (
+        prompt.text == "<|im_start|>user\n<image>What is shown?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert prompt.image_data == IMAGE_URI
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}], "data: URI"),
+        (
+            [
+                {"type": "image_url", "image_url": {"url": IMAGE_URI}},
+                {"type": "image_url", "image_url": {"url": IMAGE_URI}},
+            ],
+            "one image",
+        ),
+        ([{"type": "input_audio"}], "not supported"),
+        ([{"type": "text"}], "needs text"),
+    ],
+)
+def test_bad_content_parts_are_refused(chatml: ChatFormat, content: list, fragment: str) -> None:
+    with pytest.raises(ServeError, match=fragment) as info:
+        chatml.prompt(chat({"role": "user", "content": content}), None, None)
+    assert info.value.status == 400 and info.value.param.startswith("messages.0")
+
+
+def test_tool_messages_are_refused(chatml: ChatFormat) -> None:
+    with pytest.raises(ServeError, match="not supported"):
+        chatml.prompt(chat({"role": "tool", "content": "x"}), None, None)
+
+
+# ---- sampling parameters -------------------------------------------------------------
+
+
+def chat_request(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
+
+
+def test_sampling_params_map_openai_fields() -> None:
+    req = chat_request(
+        max_tokens=10, max_completion_tokens=7, temperature=0.5, top_p=0.9, n=3,
+        stop="END", seed=11, presence_penalty=0.5, logit_bias={"5": -100},
+    )  # fmt: skip
+    params = sampling_params(req, ("<|im_end|>",))
+    assert params == {
+        "max_new_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "n": 3,
+        "stop": ["END", "<|im_end|>"],
+        "presence_penalty": 0.5,
+        "sampling_seed": 11,
+        "logit_bias": {"5": -100},
+    }
+    assert sampling_params(chat_request()) == {"n": 1}
+
+
+def test_response_formats() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    req = chat_request(response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    assert json.loads(sampling_params(req)["json_schema"]) == schema
+    req = chat_request(response_format={"type": "json_object"})
+    assert sampling_params(req)["json_schema"] == JSON_OBJECT_SCHEMA
+    assert "json_schema" not in sampling_params(chat_request(response_format={"type": "text"}))
+    with pytest.raises(ServeError, match=r"needs json_schema\.schema"):
+        sampling_params(chat_request(response_format={"type": "json_schema", "json_schema": {}}))
+
+
+def test_bad_sampling_values_are_refused() -> None:
+    with pytest.raises(ServeError, match="token ids"):
+        sampling_params(chat_request(logit_bias={"the": 1.0}))
+    with pytest.raises(ServeError, match="at most 31 stop"):
+        sampling_params(chat_request(stop=[f"s{i}" for i in range(32)]), ("<|im_end|>",))
+
+
+def test_validation_message_names_the_parameter() -> None:
+    message, param = validation_message(
+        [{"loc": ("body", "messages", 0, "role"), "msg": "Input should be 'user'"}]
+    )
+    assert param == "messages.0.role" and "messages.0.role: Input should be" in message
+
+
+# ---- bank state (real files) ---------------------------------------------------------
+
+
+def test_bank_state_swaps_refuses_and_ignores_same_rendering(tmp_path: Path) -> None:
+    path = tmp_path / "bank.json"
+    bank = make_bank(path, "Check the units before the final answer.")
+    state = BankState(path, lambda system: f"<s>{system}</s>")
+    v1 = state.load()
+    assert v1.version == 1 and v1.ids == ("E1",) and "Check the units" in v1.prefix
+    assert v1.prefix == f"<s>{prompts.student_system(bank.render())}</s>"
+    assert state.poll() is None
+
+    bank.apply({"operations": [{"op": "add", "text": "Draw the figure before solving it."}]})
+    bank.save(path)
+    result = state.poll()
+    assert result is not None and result.outcome == "swapped" and result.version == 2
+    assert state.current.ids == ("E1", "E2") and state.swaps == 1
+    assert v1.version == 1 and "Draw the figure" not in v1.prefix  # captured: unchanged
+
+    bank.record_shown(["E1"], step=2)  # usage only: same version, same rendering
+    bank.save(path)
+    result = state.poll()
+    assert result is not None and result.outcome == "unchanged" and state.swaps == 1
+
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # a torn write
+    os.utime(path, ns=(1, 1))
+    for _ in range(RETRIES_PER_FILE + 2):
+        state.poll()
+    assert state.swap_failures == 1 and state.current.version == 2
+    assert "not valid JSON" in (state.last_error or "")
+
+    bank.apply({"operations": [{"op": "add", "text": "Read the question twice before answering."}]})
+    bank.save(path)
+    result = state.poll()
+    assert result is not None and result.outcome == "swapped" and state.current.version == 3
+
+    path.unlink()
+    result = state.reload()
+    assert result.outcome == "failed" and state.current.version == 3 and state.swap_failures == 2
+
+
+# ---- usage log -----------------------------------------------------------------------
+
+
+def test_usage_log_counts_feedback_and_persists(tmp_path: Path) -> None:
+    bank_path = tmp_path / "bank.json"
+    make_bank(bank_path, "Check the units before the final answer.", "Draw the figure first.")
+    state = BankState(bank_path, str)
+    version = state.load()
+    log = UsageLog(tmp_path / "usage.json", max_tracked=2)
+    for rid in ("a", "b", "c"):
+        log.record_request(rid, version)
+    assert "a" not in log and log.num_tracked == 2  # bounded: the oldest is forgotten
+    with pytest.raises(UnknownRequest):
+        log.record_feedback("a", True)
+    assert log.record_feedback("b", True).ids == ("E1", "E2")
+    log.record_feedback("c", False)
+    with pytest.raises(AlreadyRated):
+        log.record_feedback("c", True)
+    log.save()
+
+    again = UsageLog(tmp_path / "usage.json")
+    again.load()
+    assert again.requests_by_version == {2: 3}
+    assert again.feedback == {"correct": 1, "wrong": 1}
+    assert again.entries["E1"] == {"shown": 3, "correct": 1, "wrong": 1}
+
+    bank = ExperienceBank.load(bank_path)
+    data = again.to_dict()
+    assert apply_usage(bank, data) == 2 * 5
+    assert apply_usage(bank, data) == 0  # applied once only
+    usage = bank["E2"].usage
+    assert (usage.shown, usage.correct, usage.wrong) == (3, 1, 1)
+    bank.save(bank_path)
+    assert ExperienceBank.load(bank_path).version == 2
+
+
+def test_corrupt_usage_file_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "usage.json"
+    path.write_text('{"format": "ted-sglang-serve-usage", "requests_by')
+    log = UsageLog(path)
+    log.load()
+    assert log.requests_by_version == {} and not path.exists()
+    assert (tmp_path / "usage.json.corrupt").exists()
+
+
+# ---- metrics, endpoints, settings ----------------------------------------------------
+
+
+def test_metrics_text_exposition() -> None:
+    metrics = Metrics()
+    for seconds in (0.001, 0.02, 0.02, 3.0):
+        metrics.observe_request("/v1/chat/completions", 200, seconds)
+    metrics.observe_request("/v1/chat/completions", 400, 0.001)
+    metrics.add_tokens(100, 5, 90)
+    metrics.gauges = lambda: [("bank_version", "gauge", "v", {"path": 'a"b'}, 7)]
+    lines = metrics.render().splitlines()
+    assert 'ted_serve_requests_total{route="/v1/chat/completions",status="200"} 4' in lines
+    bucket = 'ted_serve_request_duration_seconds_bucket{route="/v1/chat/completions",le='
+    assert bucket + '"0.005"} 2' in lines and bucket + '"0.025"} 4' in lines
+    assert bucket + '"+Inf"} 5' in lines
+    assert "ted_serve_cached_tokens_total 90" in lines
+    assert 'ted_serve_bank_version{path="a\\"b"} 7' in lines
+    assert "# TYPE ted_serve_request_duration_seconds histogram" in lines
+
+
+def test_least_outstanding_endpoint_is_picked() -> None:
+    backend = Backend(["http://a", "http://b", "http://c"])
+    a, b, c = backend.endpoints
+    a.outstanding, b.outstanding, c.outstanding = 2, 1, 3
+    assert backend.pick() is b
+    assert backend.pick({"http://b"}) is a
+    b.down_until = float("inf")
+    assert backend.pick() is a
+    for e in backend.endpoints:
+        e.down_until = float("inf")
+    assert backend.pick() is b  # all down: still try the least busy
+    assert backend.pick({"http://a", "http://b", "http://c"}) is None
+    a.outstanding = b.outstanding = c.outstanding = 0
+    a.down_until = b.down_until = c.down_until = 0.0
+    assert {backend.pick().url for _ in range(3)} == {"http://a", "http://b", "http://c"}
+
+
+def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TED_ADMIN_TOKEN", "adm")
+    monkeypatch.setenv("TED_API_KEY", "")
+    s = ServeSettings.from_env(bank_path=tmp_path / "b.json", endpoints=["127.0.0.1:1/"])
+    assert s.endpoints == ["http://127.0.0.1:1"] and s.admin_token == "adm" and s.api_key is None
+    assert s.usage_path == tmp_path / "b.json.usage.json"
+    with pytest.raises(ValueError, match="at least one endpoint"):
+        ServeSettings(bank_path=tmp_path / "b.json")
+    with pytest.raises(ValueError, match="repeat"):
+        ServeSettings(bank_path=tmp_path / "b.json", endpoints=["a:1", "http://a:1"])

@@ -1,0 +1,57 @@
+"""An ``image_url`` content part with a data URI reaches a vision-language model."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import openai
+import pytest
+
+from ted_sglang.bank import ExperienceBank
+from ted_sglang.engine.launcher import free_port
+from ted_sglang.serve.settings import ServeSettings
+from ted_sglang.serve.thread import ServeThread
+
+
+def png_data_uri(color: tuple[int, int, int]) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_part_is_sent_as_image_data(vision_engine_url: str, tmp_path: Path) -> None:
+    bank = ExperienceBank(student_model="tiny-vision")
+    bank.apply({"operations": [{"op": "add", "text": "Name the shapes you see, then count."}]})
+    bank.save(tmp_path / "bank.json")
+    settings = ServeSettings(
+        bank_path=tmp_path / "bank.json", endpoints=[vision_engine_url], port=free_port(),
+        echo_prompt=True,
+    )  # fmt: skip
+    with ServeThread(settings) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        text_only = client.chat.completions.create(
+            model="tiny", max_tokens=2, messages=[{"role": "user", "content": "What is it?"}]
+        )
+        parts = [
+            {"type": "image_url", "image_url": {"url": png_data_uri((200, 30, 30))}},
+            {"type": "text", "text": "What is it?"},
+        ]
+        with_image = client.chat.completions.create(
+            model="tiny", max_tokens=2, messages=[{"role": "user", "content": parts}]
+        )
+        prompt = with_image.model_extra["ted"]["prompt"]
+        assert "<image>What is it?" in prompt
+        # the image's 16 tokens replace its one marker token
+        extra = with_image.usage.prompt_tokens - text_only.usage.prompt_tokens
+        assert extra >= 15
+        with pytest.raises(openai.BadRequestError, match="data: URI"):
+            client.chat.completions.create(
+                model="tiny", max_tokens=2,
+                messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                ]}],
+            )  # fmt: skip
