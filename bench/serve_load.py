@@ -30,14 +30,15 @@ import json
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ted_sglang.engine.launcher import LaunchedEngine
 
 ADMIN_TOKEN = "bench-admin"
 _ADVICE = (
@@ -290,57 +291,18 @@ async def run_load(
     }
 
 
-def start_serve(bank: Path, engine_url: str, port: int, log: Path) -> subprocess.Popen:
+def start_serve(bank: Path, engine_url: str, log: Path) -> LaunchedEngine:
+    """``ted-sglang serve`` on ``bank`` in front of ``engine_url``, up and answering."""
+    from ted_sglang.engine.launcher import free_port, start_server
+
     env = {**os.environ, "TED_ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("TED_API_KEY", None)
-    with open(log, "ab") as handle:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ted_sglang.cli",
-                "serve",
-                "--bank",
-                str(bank),
-                "--endpoint",
-                engine_url,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"serve did not start within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "ted_sglang.cli", "serve", "--bank", str(bank),
+        "--endpoint", engine_url, "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    return start_server(cmd, f"http://127.0.0.1:{port}", "serve", log, timeout=180, env=env)
 
 
 def launch_model(model: str, workdir: Path) -> Any:
@@ -406,8 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
 
-    from ted_sglang.engine.launcher import free_port
-
     args.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-load-")))
@@ -419,13 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             engine_url = engine.url
         bank = workdir / "bank.json"
         make_bank(bank, args.entries, random.Random(args.seed))
-        port = free_port()
-        serve_log = workdir / "serve.log"
-        process = start_serve(bank, engine_url, port, serve_log)
-        stack.callback(stop, process)
-        serve_url = f"http://127.0.0.1:{port}"
-        wait_healthy(serve_url, process, serve_log)
-        load = asyncio.run(run_load(args, serve_url, engine_url, process.pid))
+        serve = stack.enter_context(start_serve(bank, engine_url, workdir / "serve.log"))
+        load = asyncio.run(run_load(args, serve.url, engine_url, serve.process.pid))
 
     errors = load["serial"]["errors"] + load["concurrent"]["errors"] + len(load["warmup_errors"])
     result = {

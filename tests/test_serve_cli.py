@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,7 @@ import pytest
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.cli import main
-from ted_sglang.engine.launcher import free_port
+from ted_sglang.engine.launcher import free_port, start_server
 
 AUTH = {"Authorization": "Bearer adm"}
 
@@ -47,19 +45,9 @@ def test_embedded_engine_lifecycle_and_usage_apply(tiny_model_dir: Path, tmp_pat
         "--model", str(tiny_model_dir), "--port", str(port), "--poll-interval", "0.1",
         "--log-level", "warning",
     ]  # fmt: skip
-    with open(tmp_path / "serve.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = start_server(command, url, "serve", tmp_path / "serve.log", timeout=240, env=env)
+    process = server.process
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.5)
         engine_url = httpx.get(url + "/admin/bank", headers=AUTH).json()["endpoints"][0]["url"]
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         out = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
@@ -71,9 +59,7 @@ def test_embedded_engine_lifecycle_and_usage_apply(tiny_model_dir: Path, tmp_pat
         with pytest.raises(httpx.ConnectError):  # the launched engine is gone too
             httpx.get(engine_url + "/health", timeout=5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.close()
 
     usage = json.loads((tmp_path / "bank.json.usage.json").read_text())
     assert usage["entries"]["E1"] == {"shown": 1, "correct": 1, "wrong": 0}

@@ -6,9 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +16,7 @@ import openai
 import pytest
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.engine.launcher import free_port, launch_engine
+from ted_sglang.engine.launcher import free_port, launch_engine, start_server
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.thread import ServeThread
 
@@ -108,37 +106,18 @@ def router_url(engine_url: str, second_engine_url: str, tmp_path: Path) -> Itera
     if importlib.util.find_spec("sglang_router") is None:
         pytest.skip("sglang-router is not installed")
     port = free_port()
-    log = open(tmp_path / "router.log", "wb")  # noqa: SIM115  (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "sglang_router.launch_router",
-            "--worker-urls", engine_url, second_engine_url,
-            "--host", "127.0.0.1", "--port", str(port),
-            "--prometheus-port", str(free_port()), "--log-level", "warn",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:  # up once a worker answers through it
-            assert process.poll() is None, (tmp_path / "router.log").read_text()[-2000:]
-            try:
-                if httpx.get(url + "/get_model_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the router did not come up"
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+    cmd = [
+        sys.executable, "-m", "sglang_router.launch_router",
+        "--worker-urls", engine_url, second_engine_url,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--prometheus-port", str(free_port()), "--log-level", "warn",
+    ]  # fmt: skip
+    # up once a worker answers through it
+    with start_server(
+        cmd, f"http://127.0.0.1:{port}", "the router", tmp_path / "router.log", timeout=90,
+        poll_interval=0.5, ready_route="/get_model_info",
+    ) as router:  # fmt: skip
+        yield router.url
 
 
 @pytest.mark.slow

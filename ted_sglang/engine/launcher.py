@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -119,9 +119,11 @@ def start_server(
     timeout: float = 600.0,
     poll_interval: float = 0.25,
     preexec_fn: Callable[[], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_route: str = "/health",
 ) -> LaunchedEngine:
     """Run ``cmd`` in its own process group, its output to ``log_path`` (a temporary
-    file by default), and return once ``url + "/health"`` answers 200. Raises
+    file by default), and return once ``url + ready_route`` answers 200. Raises
     RuntimeError naming ``name`` if it exits or is not up within ``timeout`` seconds,
     with the end of its log."""
     if log_path is None:
@@ -137,6 +139,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=preexec_fn,
+            env=None if env is None else dict(env),
         )
     server = LaunchedEngine(process, url, log_file)
     deadline = time.monotonic() + timeout
@@ -147,7 +150,7 @@ def start_server(
                 f"{name} exited with code {process.returncode}; its log ({log_file}) ends:\n"
                 f"{server.log_tail()}"
             )
-        if _healthy(server.url):
+        if _answers(server.url + ready_route):
             return server
         time.sleep(poll_interval)
     server.close()
@@ -157,9 +160,9 @@ def start_server(
     )
 
 
-def _healthy(url: str) -> bool:
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
