@@ -122,11 +122,11 @@ def test_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=12, temperature=0
     )
-    stream = client.chat.completions.create(
+    with client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=12, temperature=0, stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
-    chunks = list(stream)
+    ) as stream:  # fmt: skip
+        chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.system_fingerprint == "ted-bank-v2" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -146,10 +146,11 @@ def test_n_choices(client: openai.OpenAI) -> None:
     )
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert 3 <= out.usage.completion_tokens <= 15
-    stream = client.chat.completions.create(
+    with client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=5, n=3, temperature=1.0, stream=True
-    )
-    finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
+    ) as stream:
+        chunks = list(stream)
+    finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
     assert finished == {0, 1, 2}
 
 
@@ -187,8 +188,11 @@ def test_text_completions(client: openai.OpenAI, admin_bank: dict) -> None:
     assert bare.system_fingerprint == "ted-no-bank"
     assert bare.model_extra["ted"]["prompt"] == "The answer is"
     assert bare.usage.prompt_tokens < out.usage.prompt_tokens
-    stream = client.completions.create(model="tiny", prompt="Hello", max_tokens=3, stream=True)
-    assert any(c.choices and c.choices[0].finish_reason for c in stream)
+    with client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=3, stream=True
+    ) as stream:
+        chunks = list(stream)
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
 
 
 def test_models(client: openai.OpenAI, tiny_model_dir: Path) -> None:

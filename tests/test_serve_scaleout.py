@@ -132,7 +132,9 @@ def test_serve_behind_an_sglang_router(
         second = client.chat.completions.create(model="tiny", messages=other, max_tokens=3)
         # the router's cache-aware policy keeps one bank prefix on one worker
         assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
-        chunks = list(client.chat.completions.create(model="tiny", messages=USER, max_tokens=3,
-                                                     stream=True))  # fmt: skip
+        with client.chat.completions.create(
+            model="tiny", messages=USER, max_tokens=3, stream=True
+        ) as stream:
+            chunks = list(stream)
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         assert httpx.get(url + "/health").status_code == 200

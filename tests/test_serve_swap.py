@@ -120,17 +120,18 @@ def test_request_in_flight_keeps_its_version(
     served: tuple[str, openai.OpenAI], bank_path: Path
 ) -> None:
     _, client = served
-    stream = client.chat.completions.create(
+    with client.chat.completions.create(
         model="tiny", messages=USER, max_tokens=200, temperature=0, stream=True,
         extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    first = next(iter(stream))
-    assert first.system_fingerprint == "ted-bank-v1"
-    bank = ExperienceBank.load(bank_path)
-    add(bank, "Count the items twice before you answer.")
-    bank.save(bank_path)
-    assert wait_for_version(client, 2)[0] == 2  # swapped while the stream runs
-    rest = list(stream)
+    ) as stream:  # fmt: skip
+        chunks = iter(stream)
+        first = next(chunks)
+        assert first.system_fingerprint == "ted-bank-v1"
+        bank = ExperienceBank.load(bank_path)
+        add(bank, "Count the items twice before you answer.")
+        bank.save(bank_path)
+        assert wait_for_version(client, 2)[0] == 2  # swapped while the stream runs
+        rest = list(chunks)
     finished = [c for c in rest if c.choices and c.choices[0].finish_reason]
     assert finished and finished[0].choices[0].finish_reason == "length"
     assert {c.system_fingerprint for c in rest} == {"ted-bank-v1"}
