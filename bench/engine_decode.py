@@ -12,7 +12,9 @@ cache, and attended once per step for all B queries) than with ``per-request``
   ``prefix + "Trajectory i:"`` are submitted together and run until all decode;
   then ``--steps`` decode steps are timed (temperature 0.8, no stop tokens).
 * Also per B: per-request decode over a 16-token context, the ceiling the
-  shared-prefix path tries to reach.
+  shared-prefix path tries to reach; and plain ``transformers`` decode of the same
+  B prompts (the model's own forward with SDPA and a ``DynamicCache`` holding a copy
+  of the prefix KV per sequence, batch B, greedy): the baseline outside this engine.
 * Backends alternate over ``--rounds`` rounds; the fastest round of each is kept
   (robust to bursts of other work on a shared machine).
 
@@ -98,6 +100,43 @@ def decode_steps_per_s(loaded, backend: str, prompts: list[list[int]], steps: in
     return steps / elapsed
 
 
+def transformers_steps_per_s(loaded, prompts: list[list[int]], steps: int) -> float:
+    """Decode steps/s of the model's own forward for the batch of ``prompts``: their
+    common prefix is computed once and copied into every row of a ``DynamicCache``,
+    then each row's tail (cut to the shortest tail) is fed, then greedy decoding."""
+    import torch
+
+    from ted_sglang.engine.radix_cache import common_prefix_len
+
+    shared = min(common_prefix_len(prompts[0], p) for p in prompts)
+    tail_len = min(len(p) - shared for p in prompts)
+    assert shared > 0 and tail_len > 0
+    tails = torch.tensor([p[shared : shared + tail_len] for p in prompts])
+    model = loaded.model
+    config = model.config.get_text_config()
+    engine_attention, config._attn_implementation = config._attn_implementation, "sdpa"
+    try:
+        return _plain_decode(model, prompts[0][:shared], tails, steps)
+    finally:
+        config._attn_implementation = engine_attention
+
+
+def _plain_decode(model, prefix: list[int], tails, steps: int) -> float:
+    import torch
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(input_ids=torch.tensor([prefix]), past_key_values=cache)
+        cache.batch_repeat_interleave(len(tails))  # one copy of the prefix per sequence
+        out = model(input_ids=tails, past_key_values=cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next_ids = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=next_ids, past_key_values=cache)
+        return steps / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -136,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             decode_steps_per_s(loaded, "per-request", short_prompts, args.steps)
             for _ in range(args.rounds)
         )
+        plain = max(
+            transformers_steps_per_s(loaded, long_prompts, args.steps) for _ in range(args.rounds)
+        )
         row = {
             "batch": batch,
             "prefix_tokens": len(long_prompts[0]) - len(tails[0]),
@@ -143,13 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             "shared_prefix_steps_per_s": best["shared-prefix"],
             "speedup": best["shared-prefix"] / best["per-request"],
             "short_context_steps_per_s": short,
+            "transformers_steps_per_s": plain,
+            "speedup_vs_transformers": best["shared-prefix"] / plain,
         }
         rows.append(row)
         print(
             f"batch {batch:3d} over a {row['prefix_tokens']}-token shared prefix: "
             f"per-request {row['per_request_steps_per_s']:6.2f} steps/s, shared-prefix "
             f"{row['shared_prefix_steps_per_s']:6.2f} steps/s ({row['speedup']:.2f} x); "
-            f"16-token context {short:6.2f} steps/s"
+            f"16-token context {short:6.2f} steps/s; transformers (a prefix copy per "
+            f"sequence) {plain:6.2f} steps/s ({row['speedup_vs_transformers']:.2f} x)"
         )
     load_after = os.getloadavg()
     print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
