@@ -3,6 +3,7 @@ an SGLang router (``sglang-router``, skipped when it is not installed)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -72,11 +73,13 @@ def test_dead_endpoint_fails_its_stream_and_is_skipped(
 ) -> None:
     doomed = launch_engine(tiny_model_dir, log_path=tmp_path / "doomed.log", timeout=180)
     try:
-        with serve(bank_path, [doomed.url, engine_url]) as url:
+        with serve(bank_path, [doomed.url, engine_url]) as url, contextlib.ExitStack() as open_:
             client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
             streams = []
             for _ in range(2):  # least outstanding: one stream on each endpoint
-                stream = client.chat.completions.create(model="tiny", messages=USER, **LONG)
+                stream = open_.enter_context(
+                    client.chat.completions.create(model="tiny", messages=USER, **LONG)
+                )
                 next(iter(stream))
                 streams.append(stream)
             assert {e["outstanding"] for e in endpoint_stats(url).values()} == {1}
