@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -56,6 +54,7 @@ from _bank_versions import (
     render,
     simulate_history,
 )
+from _report import machine, save_json
 from _request_stream import (
     IdealPrefixCache,
     Request,
@@ -513,9 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "records": records,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("bank_growth_quick" if args.quick else "bank_growth")
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, stem.with_suffix(".json"))
     plot(records, stem.with_suffix(".png"), f"{Path(endpoint.model_path).name}: "
          f"{args.rollouts} forks x {args.questions} questions per bank version")  # fmt: skip
     print_table(summary)
@@ -541,24 +539,6 @@ def server_info(url: str) -> dict[str, Any]:
     if isinstance(cache, dict):
         out["cache_budget_tokens"] = cache.get("budget_tokens")
     return out
-
-
-def machine(load_before: float) -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "load_average_1m_before": load_before,
-        "load_average_1m_after": os.getloadavg()[0],
-    }
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ repository root: ``python bench/distill_speed.py --model smollm2-135m --samples 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from _report import machine, save_json
 
 
 def distill_speed(model: str, samples: int, concurrency: int, rollouts: int, engines: int) -> dict:
@@ -155,14 +155,8 @@ def main() -> None:
                 f"samples/min, x{ratio['generated_tokens_per_s']} generated tokens/s"
             )
         result = {"runs": runs, "ratio_to_first": ratios}
-    result["machine"] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"saved {args.out}")
+    result["machine"] = machine()
+    print(f"saved {save_json(result, args.out)}")
 
 
 if __name__ == "__main__":

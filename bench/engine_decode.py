@@ -25,11 +25,11 @@ repository root: ``python bench/engine_decode.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
+
+from _report import machine, save_json
 
 BACKENDS = ("per-request", "shared-prefix")
 _VOCABULARY = (
@@ -206,20 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "rounds": args.rounds,
         "results": rows,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1m_before": load_before[0],
-            "load_average_1m_after": load_after[0],
-        },
+        "machine": {**machine(load_before[0]), "torch_threads": torch.get_num_threads()},
         "seed": args.seed,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"engine_decode{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    path = Path(args.out) / f"engine_decode{'_quick' if args.quick else ''}.json"
+    print(f"saved {save_json(result, path)}")
     return 0
 
 

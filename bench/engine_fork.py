@@ -23,13 +23,13 @@ repository root: ``python bench/engine_fork.py [--quick] [--endpoint URL]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import time
 from pathlib import Path
+
+from _report import machine, save_json
 
 _VOCABULARY = (
     "the student reads each question carefully and writes down what is given before "
@@ -234,13 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": speedup,
         "cpu_time_speedup": cpu_speedup,
         "prefill_2k": prefill,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            # Other work on the machine skews every figure: record how busy it was.
-            "load_average_1m_before": load_before[0],
-            "load_average_1m_after": os.getloadavg()[0],
-        },
+        "machine": machine(load_before[0]),
         "seed": args.seed,
         "rounds": args.rounds,
     }
@@ -269,11 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after, "
         f"on {os.cpu_count()} CPUs"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"engine_fork{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {path}")
+    path = Path(args.out) / f"engine_fork{'_quick' if args.quick else ''}.json"
+    print(f"saved {save_json(result, path)}")
     return 0
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from _report import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 16
@@ -317,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         flashinfer_version = importlib.import_module("flashinfer").__version__
     except Exception:  # optional
         flashinfer_version = None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -332,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_unit": "us (median, CUDA events, L2 flushed)",
         "rows": rows,
     }
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {save_json(result, args.out)}")
     if save_plot(rows, args.out.with_suffix(".png")):
         print(f"wrote {args.out.with_suffix('.png')}")
     return 0

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -36,6 +34,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _report import machine, save_json
 
 if TYPE_CHECKING:
     from ted_sglang.engine.launcher import LaunchedEngine
@@ -368,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="serve-load-")))
         engine_url = args.endpoint
@@ -387,19 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         "question": "latency serve adds over calling the engine directly, same prompts",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "engine_url": engine_url if args.endpoint else f"launched ({args.model})",
-        "platform": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         **load,
         "errors": errors,
         "goal": "p50 overhead under 5 ms",
     }
     print_report(result)
-    out = args.out / "serve_load.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"saved {out}")
+    print(f"saved {save_json(result, args.out / 'serve_load.json')}")
     return 1 if errors else 0
 
 

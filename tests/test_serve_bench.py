@@ -12,7 +12,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "serve_load.py"
 
 
 @pytest.mark.slow
-def test_serve_load_smoke(engine_url: str, tmp_path: Path) -> None:
+def test_serve_load_smoke(engine_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the bench's own helper modules
     spec = importlib.util.spec_from_file_location("serve_load", BENCH)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
