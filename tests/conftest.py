@@ -47,6 +47,16 @@ def tiny_vision_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-vision"), vision=True, seed=0)
 
 
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample set (20 samples, seed 0) written once for the session."""
+    from ted_sglang.data import write_sample_set
+
+    out = tmp_path_factory.mktemp("samples")
+    write_sample_set(out, count=20, seed=0)
+    return out
+
+
 def _launch(model_dir: Path, log_dir: Path, *extra: str):
     from ted_sglang.engine.launcher import launch_engine
 

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 
 from ted_sglang.bank import ExperienceBank, operations_schema
+from ted_sglang.cli import main
+
+# Small everything: the tiny model writes gibberish quickly, the grammar keeps it valid.
+FAST = [
+    "--rollouts", "3", "--student-max-tokens", "16", "--solution-max-tokens", "16",
+    "--critique-max-tokens", "16", "--max-ops", "3", "--max-text-chars", "80",
+    "--no-progress", "--retries", "0", "--similarity", "text",
+]  # fmt: skip
+
+
+def run_distill(data_dir: Path, bank: Path, *extra: str) -> int:
+    """``ted-sglang distill`` on ``data_dir`` into ``bank`` with :data:`FAST` settings."""
+    return main(["distill", "--data", str(data_dir), "--bank", str(bank), *FAST, *extra])
 
 
 def validate_document(document: object, schema: dict) -> None:

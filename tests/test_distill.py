@@ -5,44 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from distill_checks import check_log_matches_bank
+from distill_checks import check_log_matches_bank, run_distill
 
 from ted_sglang.bank import CompressionBudget, CompressionPolicy, ExperienceBank
 from ted_sglang.cli import main
 from ted_sglang.compress import compress_bank
 from ted_sglang.config import DistillConfig
-from ted_sglang.data import write_sample_set
 from ted_sglang.runtime import connect
 from ted_sglang.steplog import read_log
-
-# Small everything: the tiny model writes gibberish quickly, the grammar keeps it valid.
-FAST = [
-    "--rollouts", "3", "--student-max-tokens", "16", "--solution-max-tokens", "16",
-    "--critique-max-tokens", "16", "--max-ops", "3", "--max-text-chars", "80",
-    "--no-progress", "--retries", "0", "--no-skip-uniform", "--similarity", "text",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("samples")
-    write_sample_set(out, count=20, seed=0)
-    return out
 
 
 def steps_of(records: list[dict]) -> list[dict]:
     return [r for r in records if r["event"] == "step"]
 
 
-def distill(data_dir: Path, bank: Path, url: str, *extra: str) -> int:
-    return main(["distill", "--data", str(data_dir), "--bank", str(bank), "--student", url,
-                 *FAST, *extra])  # fmt: skip
+def distill(sample_dir: Path, bank: Path, url: str, *extra: str) -> int:
+    return run_distill(sample_dir, bank, "--student", url, "--no-skip-uniform", *extra)
 
 
-def test_distill_end_to_end(data_dir: Path, tmp_path: Path, engine_url: str, capsys) -> None:
+def test_distill_end_to_end(sample_dir: Path, tmp_path: Path, engine_url: str, capsys) -> None:
     bank_path = tmp_path / "bank.json"
-    assert distill(data_dir, bank_path, engine_url, "--limit", "8", "--concurrency", "3") == 0
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "8", "--concurrency", "3") == 0
     out = capsys.readouterr().out
     assert "8 processed now" in out and "operations:" in out
     bank = ExperienceBank.load(bank_path)
@@ -63,28 +46,28 @@ def test_distill_end_to_end(data_dir: Path, tmp_path: Path, engine_url: str, cap
     assert main(["bank", "validate", str(bank_path)]) == 0
 
 
-def test_existing_bank_needs_resume_or_force(data_dir: Path, tmp_path: Path, engine_url, capsys):
+def test_existing_bank_needs_resume_or_force(sample_dir: Path, tmp_path: Path, engine_url, capsys):
     bank_path = tmp_path / "bank.json"
-    assert distill(data_dir, bank_path, engine_url, "--limit", "1") == 0
-    assert distill(data_dir, bank_path, engine_url, "--limit", "1") == 2
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "1") == 0
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "1") == 2
     assert "already exists: pass --resume or --force" in capsys.readouterr().err
-    assert distill(data_dir, bank_path, engine_url, "--limit", "2", "--resume") == 2
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "2", "--resume") == 2
     assert "--resume must continue the same run: the dataset differs" in capsys.readouterr().err
-    code = distill(data_dir, bank_path, engine_url, "--limit", "1", "--resume", "--seed", "5")
+    code = distill(sample_dir, bank_path, engine_url, "--limit", "1", "--resume", "--seed", "5")
     assert code == 2 and "seed was 0, now 5" in capsys.readouterr().err
     # Nothing left to do: a resume of a finished run changes nothing.
     before = bank_path.read_bytes()
-    assert distill(data_dir, bank_path, engine_url, "--limit", "1", "--resume") == 0
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "1", "--resume") == 0
     assert ExperienceBank.load(bank_path).to_dict() == json.loads(before)
-    assert distill(data_dir, bank_path, engine_url, "--limit", "2", "--force") == 0
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "2", "--force") == 0
     assert len(steps_of(read_log(tmp_path / "bank.log.jsonl")[0])) == 2
 
 
 def test_failed_samples_are_logged_and_retried_on_resume(
-    data_dir: Path, tmp_path: Path, engine_url: str, failing_url: str, capsys
+    sample_dir: Path, tmp_path: Path, engine_url: str, failing_url: str, capsys
 ) -> None:
     bank_path = tmp_path / "bank.json"
-    code = distill(data_dir, bank_path, engine_url, "--limit", "3", "--teacher", failing_url)
+    code = distill(sample_dir, bank_path, engine_url, "--limit", "3", "--teacher", failing_url)
     assert code == 1
     assert "3 sample(s) failed" in capsys.readouterr().err
     records, _ = read_log(tmp_path / "bank.log.jsonl")
@@ -92,7 +75,7 @@ def test_failed_samples_are_logged_and_retried_on_resume(
     assert all("out of memory" in r["error"] for r in records)
     assert ExperienceBank.load(bank_path).meta.extra["distill"]["done"] == []
     # The teacher's URL is no setting of the run: resume with a working one.
-    assert distill(data_dir, bank_path, engine_url, "--limit", "3", "--resume") == 0
+    assert distill(sample_dir, bank_path, engine_url, "--limit", "3", "--resume") == 0
     bank = ExperienceBank.load(bank_path)
     records, _ = read_log(tmp_path / "bank.log.jsonl")
     check_log_matches_bank(bank, records)
@@ -100,10 +83,10 @@ def test_failed_samples_are_logged_and_retried_on_resume(
 
 
 def test_structured_chains_and_images(
-    data_dir: Path, tmp_path: Path, vision_engine_url: str
+    sample_dir: Path, tmp_path: Path, vision_engine_url: str
 ) -> None:
     bank_path = tmp_path / "bank.json"
-    code = distill(data_dir, bank_path, vision_engine_url, "--limit", "1", "--structured-chains")
+    code = distill(sample_dir, bank_path, vision_engine_url, "--limit", "1", "--structured-chains")
     assert code == 0
     (record,) = steps_of(read_log(tmp_path / "bank.log.jsonl")[0])
     assert len(record["chains"]) == 4 and record["tokens"]["chains"]["requests"] == 4

@@ -8,43 +8,26 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from distill_checks import check_log_matches_bank, validate_document
+from distill_checks import check_log_matches_bank, run_distill, validate_document
 
 from ted_sglang.bank import CompressionPolicy, ExperienceBank, OperationLimits, sequence_ratio
 from ted_sglang.batch import BatchContext, commit_batch
 from ted_sglang.cli import main
 from ted_sglang.config import DistillConfig, GenerationConfig
-from ted_sglang.data import grade, load_dataset, write_sample_set
+from ted_sglang.data import grade, load_dataset
 from ted_sglang.programs import Extraction, single_operation_schema
 from ted_sglang.runtime import connect
 from ted_sglang.step import ALL_CORRECT, ALL_WRONG, BankView, PhaseResult, uniform_outcome
 from ted_sglang.steplog import read_log
 
-FAST = [
-    "--rollouts", "3", "--student-max-tokens", "16", "--solution-max-tokens", "16",
-    "--critique-max-tokens", "16", "--max-ops", "3", "--max-text-chars", "80",
-    "--no-progress", "--retries", "0", "--similarity", "text",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("samples")
-    write_sample_set(out, count=20, seed=0)
-    return out
-
-
-def distill(data_dir: Path, bank: Path, *extra: str) -> int:
-    return main(["distill", "--data", str(data_dir), "--bank", str(bank), *FAST, *extra])
-
 
 def test_two_workers_make_one_consistent_bank(
-    data_dir: Path, tmp_path: Path, engine_url: str, second_engine_url: str, capsys
+    sample_dir: Path, tmp_path: Path, engine_url: str, second_engine_url: str, capsys
 ) -> None:
     bank_path = tmp_path / "bank.json"
     urls = [engine_url, second_engine_url]
     args = ["--student", urls[0], "--student", urls[1], "--workers", "2", "--limit", "6"]
-    code = distill(data_dir, bank_path, *args, "--batch-size", "3", "--no-skip-uniform")
+    code = run_distill(sample_dir, bank_path, *args, "--batch-size", "3", "--no-skip-uniform")
     assert code == 0
     out = capsys.readouterr().out
     assert "6 processed now" in out and "on 2 workers" in out and "batches: 2" in out
@@ -72,11 +55,11 @@ def test_two_workers_make_one_consistent_bank(
 
 
 def test_workers_flag_launches_that_many_engines(
-    data_dir: Path, tmp_path: Path, tiny_model_dir: Path, capsys
+    sample_dir: Path, tmp_path: Path, tiny_model_dir: Path, capsys
 ) -> None:
     bank_path = tmp_path / "bank.json"
     args = ["--model", str(tiny_model_dir), "--workers", "2", "--limit", "4", "--batch-size", "2"]
-    assert distill(data_dir, bank_path, *args, "--concurrency", "1", "--no-skip-uniform") == 0
+    assert run_distill(sample_dir, bank_path, *args, "--concurrency", "1", "--no-skip-uniform") == 0
     assert "launching 2 x the engine" in capsys.readouterr().err
     records, _ = read_log(tmp_path / "bank.log.jsonl")
     check_log_matches_bank(ExperienceBank.load(bank_path), records)
@@ -88,23 +71,23 @@ def test_workers_flag_launches_that_many_engines(
 
 
 def test_workers_must_match_the_urls_and_serve_one_model(
-    data_dir: Path, tmp_path: Path, engine_url: str, vision_engine_url: str, capsys
+    sample_dir: Path, tmp_path: Path, engine_url: str, vision_engine_url: str, capsys
 ) -> None:
     bank_path = tmp_path / "bank.json"
-    assert distill(data_dir, bank_path, "--student", engine_url, "--workers", "2") == 2
+    assert run_distill(sample_dir, bank_path, "--student", engine_url, "--workers", "2") == 2
     assert "--workers 2 with 1 --student URL(s)" in capsys.readouterr().err
     both = f"{engine_url},{vision_engine_url}"
-    assert distill(data_dir, bank_path, "--student", both, "--limit", "1") == 2
+    assert run_distill(sample_dir, bank_path, "--student", both, "--limit", "1") == 2
     assert "serve different models" in capsys.readouterr().err
     assert not bank_path.exists()
 
 
 def test_skip_uniform_counts_the_skipped_samples(
-    data_dir: Path, tmp_path: Path, engine_url: str, capsys
+    sample_dir: Path, tmp_path: Path, engine_url: str, capsys
 ) -> None:
     bank_path = tmp_path / "bank.json"
     args = ("--student", engine_url, "--limit", "6", "--batch-size", "2")
-    assert distill(data_dir, bank_path, *args) == 0  # --skip-uniform is the default
+    assert run_distill(sample_dir, bank_path, *args) == 0  # --skip-uniform is the default
     out = capsys.readouterr().out
     records, _ = read_log(tmp_path / "bank.log.jsonl")
     steps = [r for r in records if r["event"] == "step"]
@@ -131,7 +114,7 @@ def test_skip_uniform_counts_the_skipped_samples(
     assert line in out
     # Without --skip-uniform every sample asks the teacher.
     other = tmp_path / "all.json"
-    assert distill(data_dir, other, *args, "--no-skip-uniform") == 0
+    assert run_distill(sample_dir, other, *args, "--no-skip-uniform") == 0
     steps, _ = read_log(tmp_path / "all.log.jsonl")
     assert all(r["teacher_output"] is not None for r in steps if r["event"] == "step")
     assert "skipped (uniform rollouts, teacher not asked): 0 " in capsys.readouterr().out
@@ -149,7 +132,7 @@ def test_uniform_outcome() -> None:
 
 
 def test_a_batch_commits_one_version_with_updates_merged_by_the_teacher(
-    data_dir: Path, engine_url: str
+    sample_dir: Path, engine_url: str
 ) -> None:
     """Hand-written proposals of three samples, committed as one batch: two different
     updates of E1 are merged by the teacher (the tiny model, under the grammar), a
@@ -169,7 +152,7 @@ def test_a_batch_commits_one_version_with_updates_merged_by_the_teacher(
         ],
         [{"op": "delete", "id": "E2"}, {"op": "add", "text": tip}],
     ]
-    samples = load_dataset(data_dir, split="train").samples[:3]
+    samples = load_dataset(sample_dir, split="train").samples[:3]
     results = []
     for sample, ops in zip(samples, documents, strict=True):
         document = json.dumps({"operations": ops})

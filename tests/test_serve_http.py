@@ -12,6 +12,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from bank_files import write_bank
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import free_port
@@ -24,14 +25,6 @@ TEXTS = (
     "Draw the figure and label every side before writing any equation.",
 )
 USER = [{"role": "user", "content": "How many balls are in the box?"}]
-
-
-def write_bank(path: Path, *texts: str) -> ExperienceBank:
-    bank = ExperienceBank(student_model="tiny")
-    for text in texts:
-        bank.apply({"operations": [{"op": "add", "text": text}]})
-    bank.save(path)
-    return bank
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from bank_files import add, write_bank
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import free_port
@@ -19,19 +20,6 @@ from ted_sglang.serve.thread import ServeThread
 ADMIN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 USER = [{"role": "user", "content": "What is the area of the rectangle?"}]
-
-
-def new_bank(path: Path, *texts: str) -> ExperienceBank:
-    bank = ExperienceBank(student_model="tiny")
-    for text in texts:
-        add(bank, text)
-    bank.save(path)
-    return bank
-
-
-def add(bank: ExperienceBank, text: str) -> None:
-    report = bank.apply({"operations": [{"op": "add", "text": text}]})
-    assert report.error is None and report.version == report.previous_version + 1
 
 
 def ask(client: openai.OpenAI) -> tuple[int, int, str]:
@@ -68,7 +56,7 @@ def bank_path(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def served(engine_url: str, bank_path: Path) -> Iterator[tuple[str, openai.OpenAI]]:
-    new_bank(bank_path, "Check the units before you state the final answer.")
+    write_bank(bank_path, "Check the units before you state the final answer.")
     settings = ServeSettings(
         bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
         echo_prompt=True, poll_interval_s=0.1,
@@ -138,7 +126,7 @@ def test_request_in_flight_keeps_its_version(
 
 
 def test_admin_reload(engine_url: str, bank_path: Path) -> None:
-    bank = new_bank(bank_path, "Check the units before you state the final answer.")
+    bank = write_bank(bank_path, "Check the units before you state the final answer.")
     settings = ServeSettings(
         bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
         echo_prompt=True, poll_interval_s=3600,

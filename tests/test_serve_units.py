@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from bank_files import write_bank
 
 from ted_sglang import prompts
 from ted_sglang.bank import ExperienceBank
@@ -22,14 +23,6 @@ from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.usage_log import AlreadyRated, UnknownRequest, UsageLog, apply_usage
 
 IMAGE_URI = "data:image/png;base64,iVBORw0KGgo="
-
-
-def make_bank(path: Path, *texts: str) -> ExperienceBank:
-    bank = ExperienceBank(student_model="tiny")
-    for text in texts:
-        bank.apply({"operations": [{"op": "add", "text": text}]})
-    bank.save(path)
-    return bank
 
 
 def chat(*messages: dict) -> list[ChatMessage]:
@@ -178,7 +171,7 @@ def test_validation_message_names_the_parameter() -> None:
 
 def test_bank_state_swaps_refuses_and_ignores_same_rendering(tmp_path: Path) -> None:
     path = tmp_path / "bank.json"
-    bank = make_bank(path, "Check the units before the final answer.")
+    bank = write_bank(path, "Check the units before the final answer.")
     state = BankState(path, lambda system: f"<s>{system}</s>")
     v1 = state.load()
     assert v1.version == 1 and v1.ids == ("E1",) and "Check the units" in v1.prefix
@@ -220,7 +213,7 @@ def test_bank_state_swaps_refuses_and_ignores_same_rendering(tmp_path: Path) -> 
 
 def test_usage_log_counts_feedback_and_persists(tmp_path: Path) -> None:
     bank_path = tmp_path / "bank.json"
-    make_bank(bank_path, "Check the units before the final answer.", "Draw the figure first.")
+    write_bank(bank_path, "Check the units before the final answer.", "Draw the figure first.")
     state = BankState(bank_path, str)
     version = state.load()
     log = UsageLog(tmp_path / "usage.json", max_tracked=2)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from bank_files import write_bank
 
-from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import free_port
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.thread import ServeThread
@@ -24,9 +24,7 @@ def png_data_uri(color: tuple[int, int, int]) -> str:
 
 
 def test_image_part_is_sent_as_image_data(vision_engine_url: str, tmp_path: Path) -> None:
-    bank = ExperienceBank(student_model="tiny-vision")
-    bank.apply({"operations": [{"op": "add", "text": "Name the shapes you see, then count."}]})
-    bank.save(tmp_path / "bank.json")
+    write_bank(tmp_path / "bank.json", "Name the shapes you see, then count.", model="tiny-vision")
     settings = ServeSettings(
         bank_path=tmp_path / "bank.json", endpoints=[vision_engine_url], port=free_port(),
         echo_prompt=True,

@@ -85,11 +85,7 @@ def completion_body(head: ResponseHead, results: list[dict[str, Any]]) -> dict[s
                 {"index": index, "text": result["text"], "logprobs": None, "finish_reason": reason}
             )
     return {
-        "id": head.id,
-        "object": "chat.completion" if head.kind == "chat" else "text_completion",
-        "created": head.created,
-        "model": head.model,
-        "system_fingerprint": head.fingerprint,
+        **_head_fields(head, chunk=False),
         "choices": choices,
         "usage": usage([r["meta_info"] for r in results], head.n),
     }
@@ -162,10 +158,11 @@ def _chunk(
     return _sse({**_head_fields(head), "choices": [item]})
 
 
-def _head_fields(head: ResponseHead) -> dict[str, Any]:
+def _head_fields(head: ResponseHead, chunk: bool = True) -> dict[str, Any]:
+    chat_object = "chat.completion.chunk" if chunk else "chat.completion"
     return {
         "id": head.id,
-        "object": "chat.completion.chunk" if head.kind == "chat" else "text_completion",
+        "object": chat_object if head.kind == "chat" else "text_completion",
         "created": head.created,
         "model": head.model,
         "system_fingerprint": head.fingerprint,
