@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean gpu-kit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 # ruff + pytest, installing first: the same script CI runs.
 test:
 	.ci/run
+
+# What a bare GPU machine lacks, in .gpu-kit/ (bench/README.md, "Measuring on a GPU machine").
+gpu-kit: $(STAMP)
+	$(BIN)/python bench/gpu/build_kit.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,8 @@ with CUDA events around every replay, L2 flushed before each, median of --runs:
 Every method is first checked against the torch path (fp32 accumulation).
 Run from the repository root: ``python bench/kernels.py [--quick]``; the package
 need not be installed. Writes JSON (and a PNG plot when matplotlib is present).
+``--device cpu`` with ``TRITON_INTERPRET=1`` runs the same on the CPU (tiny shapes
+via ``--forks``/``--prefixes``; wall-clock times, no FlashInfer): a dry run.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from _report import save_json
@@ -50,10 +54,19 @@ def load_kernels():
 
 
 def time_us(fn, runs: int, flush) -> tuple[float, str]:
-    """Median µs of ``fn`` (CUDA graph replay when capturable), L2 flushed before each run."""
+    """Median µs of ``fn`` (CUDA graph replay when capturable), L2 flushed before each run.
+
+    With a CPU ``flush`` buffer (``--device cpu``, a dry run) it is wall-clock time instead."""
     import torch
 
     fn()
+    if flush.device.type != "cuda":
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6, "cpu"
     torch.cuda.synchronize()
     call, mode = fn, "eager"
     try:
@@ -160,15 +173,16 @@ def bench_one(kernels, num_forks, prefix_len, args, flush, device="cuda") -> dic
     empty = k_prefix[:0]
     req_indptr = torch.arange(num_forks + 1, dtype=torch.int32, device=device) * seq_len
 
-    plan = kernels.plan_shared_prefix_decode(indptr, prefix_len, hq, hkv, head_dim)
-    req_plan = kernels.plan_shared_prefix_decode(req_indptr, 0, hq, hkv, head_dim)
+    num_sms = None if device.type == "cuda" else 1
+    plan = kernels.plan_shared_prefix_decode(indptr, prefix_len, hq, hkv, head_dim, num_sms=num_sms)
+    req_plan = kernels.plan_shared_prefix_decode(req_indptr, 0, hq, hkv, head_dim, num_sms=num_sms)
     out = torch.empty_like(q)
     methods = {
         "shared": lambda: kernels.shared_prefix_decode(
-            q, k_prefix, v_prefix, k_suffix, v_suffix, indptr, plan=plan, out=out
+            q, k_prefix, v_prefix, k_suffix, v_suffix, indptr, plan=plan, out=out, backend="triton"
         ),
         "req-tri": lambda: kernels.shared_prefix_decode(
-            q, empty, empty, k_req, v_req, req_indptr, plan=req_plan, out=out
+            q, empty, empty, k_req, v_req, req_indptr, plan=req_plan, out=out, backend="triton"
         ),
         "req-sdpa": lambda: F.scaled_dot_product_attention(
             q.unsqueeze(2), k_sdpa, v_sdpa, enable_gqa=True
@@ -286,12 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--no-flashinfer", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--forks", help="N values, comma-separated (default 4,16,64)")
+    parser.add_argument("--prefixes", help="P values, comma-separated (default 2048,8192,32768)")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cpu: the Triton interpreter (TRITON_INTERPRET=1), for a dry run with tiny shapes",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "kernels.json")
     args = parser.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print("--device cpu runs the Triton kernels in the interpreter: set TRITON_INTERPRET=1")
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "bench/kernels.py times GPU kernels and needs a CUDA device; none found, "
             "nothing measured.",
@@ -302,24 +327,22 @@ def main(argv: list[str] | None = None) -> int:
 
     kernels = load_kernels()
     forks, prefixes = ([4, 64], [2048, 32768]) if args.quick else ([4, 16, 64], [2048, 8192, 32768])
+    if args.forks:
+        forks = [int(n) for n in args.forks.split(",")]
+    if args.prefixes:
+        prefixes = [int(p) for p in args.prefixes.split(",")]
     args.runs = args.runs or (20 if args.quick else 100)
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    rows = []
-    for num_forks in forks:
-        for prefix_len in prefixes:
-            rows.append(bench_one(kernels, num_forks, prefix_len, args, flush))
-            torch.cuda.empty_cache()
-    print(
-        f"{torch.cuda.get_device_name()}, bf16, Hq={args.num_qo_heads}, "
-        f"Hkv={args.num_kv_heads}, D={args.head_dim}, {args.runs} runs"
-    )
-    print_table(rows)
+    on_cuda = args.device == "cuda"
+    flush_mib = 256 if on_cuda else 1  # more than the L2 cache of any GPU
+    flush = torch.empty(flush_mib * 1024 * 1024, dtype=torch.uint8, device=args.device)
+    device_name = torch.cuda.get_device_name() if on_cuda else "CPU (Triton interpreter)"
     try:
         flashinfer_version = importlib.import_module("flashinfer").__version__
     except Exception:  # optional
         flashinfer_version = None
+    rows: list[dict] = []
     result = {
-        "device": torch.cuda.get_device_name(),
+        "device": device_name,
         "torch": torch.__version__,
         "triton": triton.__version__,
         "flashinfer": flashinfer_version,
@@ -329,9 +352,20 @@ def main(argv: list[str] | None = None) -> int:
         "head_dim": args.head_dim,
         "runs": args.runs,
         "seed": args.seed,
-        "time_unit": "us (median, CUDA events, L2 flushed)",
+        "time_unit": "us (median, CUDA events, L2 flushed)" if on_cuda else "us (median, wall)",
         "rows": rows,
     }
+    for num_forks in forks:
+        for prefix_len in prefixes:
+            rows.append(bench_one(kernels, num_forks, prefix_len, args, flush, args.device))
+            save_json(result, args.out)  # after every shape: a time limit keeps what was done
+            if on_cuda:
+                torch.cuda.empty_cache()
+    print(
+        f"{device_name}, bf16, Hq={args.num_qo_heads}, "
+        f"Hkv={args.num_kv_heads}, D={args.head_dim}, {args.runs} runs"
+    )
+    print_table(rows)
     print(f"wrote {save_json(result, args.out)}")
     if save_plot(rows, args.out.with_suffix(".png")):
         print(f"wrote {args.out.with_suffix('.png')}")

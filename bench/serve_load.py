@@ -301,6 +301,7 @@ def start_serve(bank: Path, engine_url: str, log: Path) -> LaunchedEngine:
     cmd = [
         sys.executable, "-m", "ted_sglang.cli", "serve", "--bank", str(bank),
         "--endpoint", engine_url, "--port", str(port), "--log-level", "warning",
+        "--served-model-name", "bench",
     ]  # fmt: skip
     return start_server(cmd, f"http://127.0.0.1:{port}", "serve", log, timeout=180, env=env)
 

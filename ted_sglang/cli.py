@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ted_sglang.loop_cli",
     "ted_sglang.demo",
     "ted_sglang.serve.cli",
+    "ted_sglang.report.cli",
 )
 
 

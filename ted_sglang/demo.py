@@ -2,7 +2,8 @@
 
 Sized to finish in a few minutes on two CPU cores with SmolLM2-135M: a handful of
 training and test questions, short trajectories, small edit documents.  Everything
-lands in ``--workdir``: the data, the bank, its log, the evaluation report.
+lands in ``--workdir``: the data, the bank, its log, the evaluation report and the
+HTML report of the run (``report.html``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ def run_demo(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(130)
     (work / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    from ted_sglang.report import write_report
+
+    page = write_report(
+        work / "report.html", summary.log_path, work / "bank.json", [work / "eval.json"]
+    )
     total = time.perf_counter() - started
     print()
     print(describe_distill(summary.to_dict()))
@@ -108,6 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(format_table(report))
     print()
     print(summarize(summary.to_dict(), report, bank, total, cache))
+    print(f"report: {page}")
     return 0
 
 

@@ -14,13 +14,20 @@ committed batch the log lines are made durable, then the bank file, which carrie
 checkpoint, is replaced atomically: a batch is committed by one bank write.
 ``resume=True`` continues where the file left off: nothing is lost and nothing is
 applied twice.
+
+The run stops early (:class:`DistillStopped`, every committed batch saved) when its
+servers stop answering (``max_connection_failures`` requests in a row could not connect)
+or when another writer changed the bank file since the run last saved it (the save is
+refused, see :class:`~ted_sglang.bank.BankConflict`); ``resume=True`` then continues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -28,10 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ted_sglang.bank import CompressionBudget, CompressionPolicy, ExperienceBank
+from ted_sglang.bank import (
+    BankConflict,
+    BankLockTimeout,
+    CompressionBudget,
+    CompressionPolicy,
+    ExperienceBank,
+)
 from ted_sglang.batch import BatchContext, commit_batch
 from ted_sglang.checkpoint import Checkpoint
 from ted_sglang.config import DistillConfig
+from ted_sglang.connection_watch import DEFAULT_MAX_CONNECTION_FAILURES, ConnectionWatch
 from ted_sglang.data import Sample
 from ted_sglang.embedding import load_similarity
 from ted_sglang.leakage import question_hash
@@ -43,6 +57,11 @@ from ted_sglang.steplog import BATCH, FAILED, STEP, StepLog, default_log_path
 from ted_sglang.workers import Worker, WorkerPool, make_workers
 
 T = TypeVar("T")
+
+
+class DistillStopped(RuntimeError):
+    """The run stopped before its end; every committed batch is in the bank file, and
+    ``resume=True`` continues from there."""
 
 
 @dataclass
@@ -177,6 +196,7 @@ def distill(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    max_connection_failures: int = DEFAULT_MAX_CONNECTION_FAILURES,
 ) -> DistillSummary:
     """Distill a bank from ``samples`` into ``bank_path`` (see the module docstring).
 
@@ -185,10 +205,13 @@ def distill(
     ``dataset`` describes the samples' source (``path``, ``split``, ``limit``) for
     the checkpoint; ``log_path`` defaults to ``<bank>.log.jsonl``.  A sample whose
     requests keep failing is logged as failed and left undone (a later ``resume``
-    retries it); bad teacher output is logged and skipped.
+    retries it); bad teacher output is logged and skipped.  Raises
+    :class:`DistillStopped` when ``max_connection_failures`` requests in a row cannot
+    connect (0: never) or the bank file was changed by another writer.
     """
     if not samples:
         raise ValueError("there are no samples to distill from")
+    watch = ConnectionWatch(max_connection_failures)
     workers = make_workers([student] if isinstance(student, Endpoint) else student, teacher)
     bank_path = Path(bank_path)
     log = StepLog(log_path or default_log_path(bank_path))
@@ -197,7 +220,7 @@ def distill(
         bank_path, samples, dataset, config, workers[0].student.model_path,
         resume=resume, force=force,
     )  # fmt: skip
-    kept = _start_log(log, bank, bank_path, checkpoint, resume)
+    kept = _start_log(log, bank, bank_path, checkpoint, resume, force)
     summary = DistillSummary(bank_path, log.path, resume, len(checkpoint.order), checkpoint.step, 0)
     summary.workers = [w.student.url for w in workers]
     for record in kept:
@@ -224,6 +247,7 @@ def distill(
     bar = _progress_bar(len(checkpoint.order), checkpoint.step, enabled=progress)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
+    stack = contextlib.ExitStack()
 
     def running() -> list[Future[PhaseResult]]:
         return [f for b in pending for f in b.futures if not f.done()]
@@ -237,12 +261,24 @@ def distill(
             batch = pending[-1]
             sample = batch.samples[len(batch.futures)]
             order = rng.sample(range(config.rollouts), config.rollouts)
-            batch.futures.append(pool.submit(_phases(sample, batch.view, config, images, order)))
+            work = _phases(sample, batch.view, config, images, order, watch)
+            batch.futures.append(pool.submit(work))
             batch.rng_after = rng.getstate()
 
     try:
+        # SGLang's frontend warns with a traceback for every failed request; the failure
+        # itself reaches us as RequestFailed (logged per sample), or as the error it is.
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="Error in stream_executor")
         fill()
         while pending:
+            if watch.tripped:
+                raise DistillStopped(
+                    f"{watch.in_a_row} requests in a row could not reach a server (the last: "
+                    f"{watch.last_error}). Every committed batch is saved in {bank_path} "
+                    f"({checkpoint.step} of {len(checkpoint.order)} samples done): start the "
+                    "server again and continue with --resume"
+                )
             if not pending[0].is_finished:
                 wait(running(), return_when=FIRST_COMPLETED)
                 fill()
@@ -268,7 +304,7 @@ def distill(
                 bank.meta.add_training_samples([s.id for s in done], hashes)
                 for record in [*step_records, batch_record]:
                     log.append(record)  # durable before the bank says the batch is done
-                bank.save(bank_path)
+                _save(bank, bank_path, checkpoint.batches - 1)
                 records += [*step_records, batch_record]
                 _count(summary, step_records, batch_record)
                 bar.update(len(step_records))
@@ -280,20 +316,47 @@ def distill(
         pool.shutdown()
         bar.close()
         log.close()
+        stack.close()
     summary.seconds = time.perf_counter() - started
     summary.bank_version, summary.bank_size = bank.version, len(bank)
     summary.tokens = tokens_total(records)
     return summary
 
 
+def _save(bank: ExperienceBank, bank_path: Path, committed_batches: int) -> None:
+    """Save the bank (compare-and-swap: refused if another writer changed the file)."""
+    try:
+        bank.save(bank_path)
+    except BankConflict as exc:
+        raise DistillStopped(
+            f"another writer changed {bank_path} while distill ran (it was at version "
+            f"{exc.expected_version} when distill last saved it, it is at version "
+            f"{exc.found_version} now), so the batch just finished was not saved; the "
+            f"{committed_batches} batches committed before it are in the file. Continue "
+            "with --resume once the other writer is done"
+        ) from None
+    except BankLockTimeout as exc:
+        raise DistillStopped(
+            f"{exc}; the {committed_batches} batches committed before are in the file: "
+            "continue with --resume"
+        ) from None
+
+
 def _start_log(
-    log: StepLog, bank: ExperienceBank, bank_path: Path, checkpoint: Checkpoint, resume: bool
+    log: StepLog,
+    bank: ExperienceBank,
+    bank_path: Path,
+    checkpoint: Checkpoint,
+    resume: bool,
+    force: bool,
 ) -> list[dict[str, Any]]:
     """A fresh log (and the fresh bank saved first), or the resumed run's log with the
     lines of unfinished batches dropped; returns the kept records."""
     if not resume:
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        bank.save(bank_path)  # first: a crash in between leaves a fresh bank, stale lines
+        # First: a crash in between leaves a fresh bank, stale lines.  Without force, a
+        # file that appeared since prepare_bank looked is not replaced.
+        bank.save(bank_path, new_file=not force)
         log.start_fresh()
         return []
     kept, dropped = log.reconcile(checkpoint.done)
@@ -309,7 +372,12 @@ def _start_log(
 
 
 def _phases(
-    sample: Sample, view: BankView, config: DistillConfig, images: ImageFallback, order: list[int]
+    sample: Sample,
+    view: BankView,
+    config: DistillConfig,
+    images: ImageFallback,
+    order: list[int],
+    watch: ConnectionWatch,
 ) -> Callable[[Worker], PhaseResult]:
     """The work of one sample, for whichever worker runs it (retried on failures)."""
 
@@ -317,20 +385,28 @@ def _phases(
         return _with_retries(
             config.retries,
             lambda: run_phases(sample, view, worker.student, worker.teacher, config, images, order),
+            watch,
         )
 
     return work
 
 
-def _with_retries(retries: int, call: Callable[[], T]) -> T:
-    """``call()``, tried again up to ``retries`` times when a request fails."""
+def _with_retries(retries: int, call: Callable[[], T], watch: ConnectionWatch) -> T:
+    """``call()``, tried again up to ``retries`` times when a request fails; not tried
+    (again) once ``watch`` says the servers are gone."""
     for attempt in range(retries + 1):
+        if watch.tripped:
+            raise RequestFailed(f"not tried: the server is unreachable ({watch.last_error})")
         try:
-            return call()
-        except RequestFailed:
-            if attempt == retries:
+            result = call()
+        except RequestFailed as exc:
+            watch.failed(exc)
+            if attempt == retries or watch.tripped:
                 raise
-            time.sleep(min(2.0**attempt, 10.0))
+            watch.pause(min(2.0**attempt, 10.0))
+        else:
+            watch.succeeded()
+            return result
     raise AssertionError("unreachable")
 
 

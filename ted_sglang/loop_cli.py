@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     distill.add_argument("--log", type=Path, help="step log (JSONL; default: BANK.log.jsonl)")
     distill.add_argument("--resume", action="store_true", help="continue the run in --bank")
     distill.add_argument("--force", action="store_true", help="overwrite an existing --bank")
+    distill.add_argument(
+        "--max-connection-failures",
+        type=int,
+        default=3,
+        metavar="N",
+        help="stop (exit 3, checkpoint saved) after N requests in a row cannot reach a "
+        "server (3; 0: never)",
+    )
     _server_arguments(distill, teacher=True)
     distill.add_argument("--rollouts", type=int, default=5, help="trajectories per sample (5)")
     distill.add_argument("--seed", type=int, default=0, help="seed of the training order (0)")
@@ -226,11 +235,14 @@ def distill_config(args: argparse.Namespace) -> Any:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ted_sglang.distill import distill
+    from ted_sglang.distill import DistillStopped, distill
     from ted_sglang.runtime import open_runtime
 
     config = distill_config(args)
     samples, info = load_samples(args.data, args.split, args.limit)
+    # Requests still in flight when a run stops may fail after distill() returns: their
+    # failures were counted already, so SGLang's per-request tracebacks are only noise.
+    warnings.filterwarnings("ignore", message="Error in stream_executor")
     if args.resume and args.force:
         raise ValueError("--resume and --force contradict each other: pick one")
     if args.bank.exists() and not (args.resume or args.force):
@@ -243,10 +255,13 @@ def run_distill(args: argparse.Namespace) -> int:
             summary = distill(
                 samples, args.bank, rt.students, rt.teacher if args.teacher else None, config,
                 dataset=info, log_path=args.log, resume=args.resume, force=args.force,
-                progress=not args.no_progress,
+                progress=not args.no_progress, max_connection_failures=args.max_connection_failures,
             )  # fmt: skip
     except KeyboardInterrupt:
         _interrupted(f"every finished step is in {args.bank}: continue with --resume")
+    except DistillStopped as exc:
+        print(f"distill stopped: {exc}", file=sys.stderr)
+        return 3
     print(describe_distill(summary.to_dict()))
     if summary.failed:
         print(

@@ -274,24 +274,30 @@ def _die_with_parent() -> None:
 
 
 def launch(
-    kind: LaunchKind, model: str, log_dir: Path | None = None, index: int = 0, count: int = 1
+    kind: LaunchKind,
+    model: str,
+    log_dir: Path | None = None,
+    index: int = 0,
+    count: int = 1,
+    extra_args: Sequence[str] = (),
 ) -> Any:
     """Launch the embedded server of ``kind`` on ``model``; returns it running.  When
     ``count`` reference engines share the machine, each gets ``1/count`` of its CPU
-    threads (``index`` names its log)."""
+    threads (``index`` names its log).  ``extra_args``: more server flags (both kinds
+    take ``--allow-auto-truncate``)."""
     name = kind if count == 1 else f"{kind}-{index}"
     log_path = None if log_dir is None else log_dir / f"{name}.log"
     if kind == "engine":
         from ted_sglang.engine.launcher import launch_engine
 
-        extra = list(SERVER_ARGS)
+        extra = [*SERVER_ARGS, *extra_args]
         if count > 1:
             extra += ["--num-threads", str(max(1, (os.cpu_count() or 1) // count))]
         return launch_engine(model, extra_args=extra, log_path=log_path)
     from ted_sglang.engine.model_loader import KNOWN_MODELS, resolve_model
 
     path = str(resolve_model(model)) if model in KNOWN_MODELS or Path(model).exists() else model
-    return launch_sglang(path, log_path=log_path)
+    return launch_sglang(path, extra_args=[*SERVER_ARGS, *extra_args], log_path=log_path)
 
 
 # ---- the runtime of one command ----------------------------------------------------

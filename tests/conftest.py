@@ -57,6 +57,16 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample set, 36 samples of seed 1 (the distill subprocess tests)."""
+    from ted_sglang.data import write_sample_set
+
+    out = tmp_path_factory.mktemp("samples-36")
+    write_sample_set(out, count=36, seed=1)
+    return out
+
+
 def _launch(model_dir: Path, log_dir: Path, *extra: str):
     from ted_sglang.engine.launcher import launch_engine
 
@@ -138,5 +148,39 @@ def failing_url(engine_url: str) -> Iterator[str]:
 def second_engine_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """Base URL of a second engine on the tiny text model (scale-out tests)."""
     engine = _launch(tiny_model_dir, tmp_path_factory.mktemp("engine-text-2"))
+    yield engine.url
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the incremental engine writes ``/start_profile`` traces."""
+    return tmp_path_factory.mktemp("profiles")
+
+
+@pytest.fixture(scope="session")
+def incremental_engine_url(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, profile_dir: Path
+) -> Iterator[str]:
+    """An engine on the tiny text model started the way SGLang's own CI starts the server
+    for its frontend test programs (``--incremental-streaming-output``), with the other
+    SGLang options this engine has turned on.
+
+    It streams every 4th token: SGLang's frontend keeps only the newest chunk's
+    ``meta_info`` when two chunks arrive before its reader wakes
+    (``StreamExecutor._execute_gen``), which on two busy CPU cores happens now and then
+    at one chunk per step and breaks ``test_stream_logprobs``'s count of entries.
+    """
+    engine = _launch(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("engine-incremental"),
+        "--incremental-streaming-output",
+        "--stream-interval",
+        "4",
+        "--enable-return-hidden-states",
+        "--enable-priority-scheduling",
+        "--profile-dir",
+        str(profile_dir),
+    )
     yield engine.url
     engine.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +17,22 @@ FAST = [
     "--critique-max-tokens", "16", "--max-ops", "3", "--max-text-chars", "80",
     "--no-progress", "--retries", "0", "--similarity", "text",
 ]  # fmt: skip
+
+
+def distill_command(
+    data_dir: Path, bank: Path, url: str, limit: int, max_tokens: int, *extra: str
+) -> list[str]:
+    """``ted-sglang distill`` as a subprocess command: ``limit`` samples in batches of 2,
+    ``max_tokens`` per generation, against the engine at ``url``."""
+    tokens = str(max_tokens)
+    return [
+        sys.executable, "-m", "ted_sglang.cli", "distill", "--data", str(data_dir),
+        "--bank", str(bank), "--student", url, "--limit", str(limit),
+        "--rollouts", "3", "--concurrency", "2", "--student-max-tokens", tokens,
+        "--solution-max-tokens", tokens, "--critique-max-tokens", tokens, "--max-ops", "3",
+        "--max-text-chars", "80", "--no-progress", "--batch-size", "2",
+        "--no-skip-uniform", "--similarity", "text", *extra,
+    ]  # fmt: skip
 
 
 def run_distill(data_dir: Path, bank: Path, *extra: str) -> int:

@@ -8,36 +8,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-from distill_checks import check_log_matches_bank
+from distill_checks import check_log_matches_bank, distill_command
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.data import write_sample_set
 from ted_sglang.steplog import read_log
 
 NUM_SAMPLES = 16
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("samples")
-    write_sample_set(out, count=36, seed=1)
-    return out
-
-
 def command(data_dir: Path, bank: Path, url: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "ted_sglang.cli", "distill", "--data", str(data_dir),
-        "--bank", str(bank), "--student", url, "--limit", str(NUM_SAMPLES),
-        "--rollouts", "3", "--concurrency", "2", "--student-max-tokens", "64",
-        "--solution-max-tokens", "64", "--critique-max-tokens", "64", "--max-ops", "3",
-        "--max-text-chars", "80", "--max-entries", "4", "--no-progress", "--batch-size", "2",
-        "--no-skip-uniform", "--similarity", "text", *extra,
-    ]  # fmt: skip
+    return distill_command(data_dir, bank, url, NUM_SAMPLES, 64, "--max-entries", "4", *extra)
 
 
 def lines_in(path: Path) -> int:

@@ -181,3 +181,57 @@ def test_text_model_refuses_images(backend, tmp_path: Path) -> None:
 
     state = describe.run(backend=backend)
     assert "does not take images" in str(state.error())
+
+
+# SGLang's own frontend test programs (sglang/test/test_programs.py in the installed wheel),
+# unchanged, against an engine started as SGLang's CI starts its server for them
+# (--incremental-streaming-output). The ones left out, and why, are listed in the README.
+SGLANG_PROGRAMS = [
+    ("test_mt_bench", {}),
+    ("test_select", {"check_answer": False}),
+    ("test_decode_json_regex", {}),
+    ("test_expert_answer", {"check_answer": False}),
+    pytest.param("test_parallel_decoding", {}, marks=pytest.mark.slow),
+    ("test_stream", {}),
+    ("test_stream_logprobs", {}),
+    ("test_regex", {}),
+    ("test_dtype_gen", {}),
+    ("test_gen_min_new_tokens", {}),
+]
+
+
+class _Runtime(sgl.RuntimeEndpoint):
+    """A RuntimeEndpoint that also answers to ``.endpoint``, as ``sgl.Runtime`` does
+    (``test_gen_min_new_tokens`` reads ``default_backend.endpoint.get_model_name()``)."""
+
+    @property
+    def endpoint(self) -> sgl.RuntimeEndpoint:
+        return self
+
+
+@pytest.fixture
+def sglang_default_backend(incremental_engine_url: str):
+    saved = sgl.global_config.default_backend
+    backend = _Runtime(incremental_engine_url)
+    sgl.set_default_backend(backend)
+    yield backend
+    sgl.global_config.default_backend = saved
+
+
+@pytest.mark.parametrize("name, kwargs", SGLANG_PROGRAMS)
+def test_sglang_frontend_test_program(name: str, kwargs: dict, sglang_default_backend) -> None:
+    from sglang.test import test_programs
+
+    getattr(test_programs, name)(**kwargs)
+
+
+def test_frontend_profile_calls(sglang_default_backend, profile_dir: Path) -> None:
+    import gzip
+
+    before = set(profile_dir.glob("*.trace.json.gz"))
+    sglang_default_backend.start_profile()
+    chat.run(question="Profile me.", backend=sglang_default_backend).sync()
+    sglang_default_backend.stop_profile()
+    (trace,) = set(profile_dir.glob("*.trace.json.gz")) - before
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert any("aten::" in str(e.get("name")) for e in events)  # torch ops were recorded

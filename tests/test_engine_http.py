@@ -7,20 +7,14 @@ import json
 
 import httpx
 import pytest
+from engine_http import engine_client, generate
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
 
 
 @pytest.fixture(scope="module")
 def client(engine_url: str):
-    with httpx.Client(base_url=engine_url, timeout=120) as c:
-        yield c
-
-
-def generate(client: httpx.Client, **body) -> dict | list:
-    response = client.post("/generate", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+    yield from engine_client(engine_url)
 
 
 def test_model_info_has_sglang_fields_and_extras(client: httpx.Client) -> None:
@@ -227,10 +221,14 @@ def test_bad_requests_are_400_with_a_message(client: httpx.Client, body: bytes) 
 def test_prompt_longer_than_the_context_is_refused(client: httpx.Client) -> None:
     response = client.post("/generate", json={"input_ids": [5] * 4096})
     assert response.status_code == 400 and "context length" in response.text
-    out = generate(
-        client, input_ids=[5] * 4090, sampling_params={"max_new_tokens": 100, "ignore_eos": True}
+    response = client.post(
+        "/generate",
+        json={"input_ids": [5] * 4090, "sampling_params": {"max_new_tokens": 100}},
     )
-    assert out["meta_info"]["completion_tokens"] == 6  # clamped to the context
+    assert response.status_code == 400, response.text  # as SGLang without --allow-auto-truncate
+    assert "maximum context length of 4096 tokens" in response.json()["error"]["message"]
+    out = generate(client, input_ids=[5] * 4090, sampling_params={"ignore_eos": True})
+    assert out["meta_info"]["completion_tokens"] == 6  # the default 128 shrinks to fit
 
 
 def test_health_and_server_info(client: httpx.Client) -> None:

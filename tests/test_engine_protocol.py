@@ -57,15 +57,22 @@ def test_temperature_zero_is_greedy() -> None:
 
 def test_batches_and_n() -> None:
     req = parse_generate(
-        {
-            "text": ["a", "b"],
-            "sampling_params": [{"n": 2}, {"n": 2}],
-            "rid": ["r1", "r2", "r3", "r4"],
-        }
+        {"text": ["a", "b"], "sampling_params": [{"n": 2}, {"n": 2}], "rid": ["r1", "r2"]}
     )
     assert not req.is_single
     assert [i.text for i in req.items] == ["a", "a", "b", "b"]
-    assert [i.rid for i in req.items] == ["r1", "r2", "r3", "r4"]
+    # As GenerateReqInput: one rid per prompt; each sample gets a fresh id of its own.
+    rids = [i.rid for i in req.items]
+    assert len(set(rids)) == 4 and not {"r1", "r2"} & set(rids)
+    with pytest.raises(RequestError, match="batch_size"):  # prompts x n rids: SGLang refuses
+        parse_generate(
+            {"text": ["a", "b"], "sampling_params": {"n": 2}, "rid": ["1", "2", "3", "4"]}
+        )
+    assert [i.rid for i in parse_generate({"text": ["a", "b"], "rid": "g"}).items] == [
+        "g_0",
+        "g_1",
+    ]
+    assert [i.rid for i in parse_generate({"text": "a", "rid": "solo"}).items] == ["solo"]
     req = parse_generate({"text": "a", "sampling_params": {"n": 3}})
     assert not req.is_single and len(req.items) == 3 and len({i.rid for i in req.items}) == 3
     req = parse_generate(
@@ -153,3 +160,49 @@ def test_unknown_top_level_fields_are_ignored_as_in_sglang() -> None:
         }
     )
     assert len(req.items) == 1
+
+
+def test_sglang_request_fields_are_parsed() -> None:
+    tag = '{"format": {"type": "const_string", "value": "ok"}}'
+    req = parse_generate(
+        {
+            "text": ["a", "b"],
+            "sampling_params": {
+                "structural_tag": tag,
+                "custom_params": {"any": ["thing"]},
+                "stream_interval": 4,
+            },
+            "token_ids_logprob": [3, 9],
+            "return_hidden_states": [True, False],
+            "return_prompt_token_ids": True,
+            "priority": -7,
+        }
+    )
+    a, b = req.items
+    assert a.sampling.grammar_key == ("structural_tag", tag)
+    assert a.sampling.stream_interval == 4 and a.sampling.custom_params == {"any": ["thing"]}
+    assert a.token_ids_logprob == b.token_ids_logprob == [3, 9]
+    assert (a.return_hidden_states, b.return_hidden_states) == (True, False)
+    assert a.return_prompt_token_ids and a.priority == b.priority == -7
+    per_prompt = parse_generate({"text": ["a", "b"], "token_ids_logprob": [[1], [2, 3]]})
+    assert [i.token_ids_logprob for i in per_prompt.items] == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"text": "a", "sampling_params": {"n": 2}, "token_ids_logprob": [[1]]}, "parallel"),
+        ({"text": ["a"], "sampling_params": {"n": 2}, "return_logprob": [True]}, "parallel"),
+        ({"text": "a", "token_ids_logprob": list(range(257))}, "at most 256"),
+        ({"text": "a", "token_ids_logprob": [-1]}, "non-negative"),
+        ({"text": "a", "priority": 1 << 63}, "64-bit"),
+        ({"text": ["a", "b"], "rid": ["x", "x"]}, "Duplicate"),
+        (
+            {"text": "a", "sampling_params": {"regex": "a", "structural_tag": "{}"}},
+            "Only one of",
+        ),
+    ],
+)
+def test_sglang_field_refusals(body, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_generate(body)

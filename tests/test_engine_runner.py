@@ -219,9 +219,9 @@ def test_image_inputs(tmp_path: Path, tiny_vision_model_dir: Path) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(raw)
     b64 = base64.b64encode(raw).decode()
-    assert load_image_bytes(b64) == raw == load_image_bytes(str(path))
+    assert load_image_bytes(b64) == raw == load_image_bytes("x.png", str(tmp_path))
     assert load_image_bytes("data:image/png;base64," + b64) == raw
-    with pytest.raises(RequestError, match="URL"):
+    with pytest.raises(RequestError, match="URLs are not fetched"):
         load_image_bytes("https://example.com/x.png")
 
     builder = PromptBuilder(load_model(tiny_vision_model_dir))

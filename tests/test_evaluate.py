@@ -109,8 +109,10 @@ def test_demo_runs_distill_and_eval(tmp_path: Path, engine_url: str, capsys) -> 
     for expected in ("accuracy without bank", "accuracy with bank", "server prefix cache"):
         assert expected in printed
     assert "demo finished in" in printed
-    for name in ("data/samples.jsonl", "bank.json", "bank.log.jsonl", "eval.json"):
+    assert f"report: {work / 'report.html'}" in printed
+    for name in ("data/samples.jsonl", "bank.json", "bank.log.jsonl", "eval.json", "report.html"):
         assert (work / name).is_file()
+    assert 'id="plot-accuracy"' in (work / "report.html").read_text()
     bank = ExperienceBank.load(work / "bank.json")
     assert len(bank.meta.training_sample_ids) == 2
     report = json.loads((work / "eval.json").read_text())

@@ -43,7 +43,7 @@ def test_embedded_engine_lifecycle_and_usage_apply(tiny_model_dir: Path, tmp_pat
     command = [
         sys.executable, "-m", "ted_sglang.cli", "serve", "--bank", str(bank_path),
         "--model", str(tiny_model_dir), "--port", str(port), "--poll-interval", "0.1",
-        "--log-level", "warning",
+        "--log-level", "warning", "--served-model-name", "m",
     ]  # fmt: skip
     server = start_server(command, url, "serve", tmp_path / "serve.log", timeout=240, env=env)
     process = server.process

@@ -36,6 +36,7 @@ def serve_url(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         endpoints=[engine_url],
         port=free_port(),
         admin_token=ADMIN,
+        served_model_name="tiny",
         echo_prompt=True,
         usage_flush_interval_s=0.2,
     )
@@ -190,7 +191,9 @@ def test_text_completions(client: openai.OpenAI, admin_bank: dict) -> None:
 
 def test_models(client: openai.OpenAI, tiny_model_dir: Path) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [str(tiny_model_dir)]
+    assert [m.id for m in models] == ["tiny"]
+    assert models[0].model_extra["root"] == str(tiny_model_dir)
+    assert models[0].model_extra["max_model_len"] == 4096
 
 
 @pytest.mark.parametrize(
@@ -293,8 +296,9 @@ def test_api_key_on_and_admin_off(engine_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bank.json"
     write_bank(path, TEXTS[0])
     settings = ServeSettings(
-        bank_path=path, endpoints=[engine_url], port=free_port(), api_key="sk-test"
-    )
+        bank_path=path, endpoints=[engine_url], port=free_port(), api_key="sk-test",
+        served_model_name="tiny",
+    )  # fmt: skip
     with ServeThread(settings) as url:
         anonymous = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
@@ -308,3 +312,48 @@ def test_api_key_on_and_admin_off(engine_url: str, tmp_path: Path) -> None:
         off = httpx.get(url + "/admin/bank", headers={"Authorization": "Bearer x"})
         assert off.status_code == 404 and off.json()["error"]["type"] == "not_found_error"
         assert httpx.get(url + "/health").status_code == 200  # no key needed
+
+
+def _greedy_logprobs(content: list, k: int) -> None:
+    for item in content:
+        tops = item.top_logprobs
+        assert len(tops) == k and all(t.logprob <= 0 for t in tops)
+        assert [t.logprob for t in tops] == sorted((t.logprob for t in tops), reverse=True)
+        assert item.bytes == list(item.token.encode()) and item.logprob <= 0
+        assert item.logprob == pytest.approx(tops[0].logprob, abs=1e-4)  # greedy: the best
+
+
+def test_chat_logprobs_in_openai_shape(client: openai.OpenAI) -> None:
+    body = {"model": "tiny", "messages": USER, "max_tokens": 6, "temperature": 0}
+    out = client.chat.completions.create(**body, logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens > 0
+    _greedy_logprobs(content, 3)
+    bare = client.chat.completions.create(**body, logprobs=True)
+    assert [c.top_logprobs for c in bare.choices[0].logprobs.content] == [[]] * len(content)
+    assert client.chat.completions.create(**body).choices[0].logprobs is None
+    with client.chat.completions.create(**body, logprobs=True, top_logprobs=3, stream=True) as s:
+        streamed = [e for c in s if c.choices and c.choices[0].logprobs for e in
+                    c.choices[0].logprobs.content]  # fmt: skip
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(**body, top_logprobs=2)  # needs logprobs: true
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(**body, logprobs=True, top_logprobs=21)
+
+
+def test_completion_logprobs_in_openai_shape(client: openai.OpenAI) -> None:
+    body = {"model": "tiny", "prompt": "The answer is", "max_tokens": 5, "temperature": 0}
+    out = client.completions.create(**body, logprobs=2)
+    lp = out.choices[0].logprobs
+    n = out.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n > 0
+    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(n)]
+    with client.completions.create(**body, logprobs=2, stream=True) as stream:
+        chunks = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
+    assert [t for c in chunks for t in c.tokens] == lp.tokens
+    assert [o for c in chunks for o in c.text_offset] == lp.text_offset
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(**body, logprobs=6)

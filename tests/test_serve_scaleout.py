@@ -37,8 +37,9 @@ def bank_path(tmp_path: Path) -> Path:
 
 def serve(bank_path: Path, endpoints: list[str]) -> ServeThread:
     settings = ServeSettings(
-        bank_path=bank_path, endpoints=endpoints, port=free_port(), admin_token=ADMIN
-    )
+        bank_path=bank_path, endpoints=endpoints, port=free_port(), admin_token=ADMIN,
+        served_model_name="tiny",
+    )  # fmt: skip
     return ServeThread(settings)
 
 
@@ -129,7 +130,9 @@ def test_serve_behind_an_sglang_router(
 ) -> None:
     with serve(bank_path, [router_url]) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
-        assert [m.id for m in client.models.list().data] == [str(tiny_model_dir)]
+        models = client.models.list().data
+        assert [m.id for m in models] == ["tiny"]
+        assert models[0].model_extra["root"] == str(tiny_model_dir)
         first = client.chat.completions.create(model="tiny", messages=USER, max_tokens=3)
         other = [{"role": "user", "content": "And a triangle?"}]
         second = client.chat.completions.create(model="tiny", messages=other, max_tokens=3)

@@ -59,7 +59,7 @@ def served(engine_url: str, bank_path: Path) -> Iterator[tuple[str, openai.OpenA
     write_bank(bank_path, "Check the units before you state the final answer.")
     settings = ServeSettings(
         bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
-        echo_prompt=True, poll_interval_s=0.1,
+        echo_prompt=True, poll_interval_s=0.1, served_model_name="tiny",
     )  # fmt: skip
     with ServeThread(settings) as url:
         yield url, openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
@@ -129,7 +129,7 @@ def test_admin_reload(engine_url: str, bank_path: Path) -> None:
     bank = write_bank(bank_path, "Check the units before you state the final answer.")
     settings = ServeSettings(
         bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
-        echo_prompt=True, poll_interval_s=3600,
+        echo_prompt=True, poll_interval_s=3600, served_model_name="tiny",
     )  # fmt: skip
     with ServeThread(settings) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)

@@ -17,8 +17,13 @@ from ted_sglang.serve.bank_state import RETRIES_PER_FILE, BankState
 from ted_sglang.serve.chat_format import ChatFormat
 from ted_sglang.serve.errors import ServeError, validation_message
 from ted_sglang.serve.metrics import Metrics
-from ted_sglang.serve.openai_protocol import ChatCompletionRequest, ChatMessage
-from ted_sglang.serve.sampling import JSON_OBJECT_SCHEMA, sampling_params
+from ted_sglang.serve.openai_protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from ted_sglang.serve.sampling import (
+    JSON_OBJECT_SCHEMA,
+    check_chat,
+    check_completion,
+    sampling_params,
+)
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.usage_log import AlreadyRated, UnknownRequest, UsageLog, apply_usage
 
@@ -157,6 +162,116 @@ def test_bad_sampling_values_are_refused() -> None:
         sampling_params(chat_request(logit_bias={"the": 1.0}))
     with pytest.raises(ServeError, match="at most 31 stop"):
         sampling_params(chat_request(stop=[f"s{i}" for i in range(32)]), ("<|im_end|>",))
+
+
+def test_bad_sampling_values_are_refused_with_their_parameter() -> None:
+    for bias in ({"\u00b2": 1.0}, {"-5": 1.0}, {"4294967296": 1.0}):  # '²'.isdigit() is True
+        with pytest.raises(ServeError, match="token ids") as info:
+            sampling_params(chat_request(logit_bias=bias))
+        assert info.value.param == "logit_bias"
+    with pytest.raises(ServeError, match="needs logprobs"):
+        check_chat(chat_request(top_logprobs=2))
+    with pytest.raises(ServeError, match="4096 characters at most"):
+        sampling_params(chat_request(stop=["x" * 4097]))
+    with pytest.raises(ServeError, match="at most 256 prompts"):
+        check_completion(CompletionRequest.model_validate({"prompt": ["x"] * 257}))
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"items": deep}
+    with pytest.raises(ServeError, match="schema cannot be used"):
+        fmt = {"type": "json_schema", "json_schema": {"schema": deep}}
+        sampling_params(chat_request(response_format=fmt))
+
+
+def test_keys_are_compared_as_bytes() -> None:
+    from starlette.requests import Request
+
+    from ted_sglang.serve.http_edge import has_key
+
+    def request(value: bytes) -> Request:
+        return Request({"type": "http", "headers": [(b"authorization", value)]})
+
+    keys = ("sk-\u00e9t\u00e9", "other")
+    assert has_key(request("Bearer sk-\u00e9t\u00e9".encode()), keys)
+    assert has_key(request(b"bearer other"), keys)
+    for value in ("Bearer \u2603".encode(), b"Bearer \xff\xfe", b"Bearer", b"Basic other", b""):
+        assert not has_key(request(value), keys)
+
+
+def test_logprobs_shapes() -> None:
+    from ted_sglang.serve.logprobs import FLOOR, chat_logprobs, completion_logprobs, new_entries
+
+    tokens = [[-0.5, 7, "Hi"], [float("-inf"), 8, " th\u00e9re"], [None, 9, None]]
+    tops = [[[-0.5, 7, "Hi"], [-1.5, 3, "Ho"]], None, [[float("nan"), 1, "x"]]]
+    chat = chat_logprobs(tokens, tops)
+    assert chat["refusal"] is None
+    assert [c["logprob"] for c in chat["content"]] == [-0.5, FLOOR, FLOOR]
+    assert chat["content"][1]["bytes"] == list(" th\u00e9re".encode())
+    assert chat["content"][0]["top_logprobs"] == [
+        {"token": "Hi", "bytes": [72, 105], "logprob": -0.5},
+        {"token": "Ho", "bytes": [72, 111], "logprob": -1.5},
+    ]
+    assert chat["content"][1]["top_logprobs"] == []
+    text, end = completion_logprobs(tokens, tops, 4, top_k=2)
+    assert text["tokens"] == ["Hi", " th\u00e9re", ""] and text["text_offset"] == [4, 6, 12]
+    assert text["top_logprobs"][0] == {"Hi": -0.5, "Ho": -1.5} and end == 12
+    assert completion_logprobs(tokens, tops, 0, top_k=0)[0]["top_logprobs"] is None
+    cumulative = {"output_token_logprobs": tokens, "completion_tokens": 3}
+    assert new_entries(cumulative, 2) == ([tokens[2]], None)
+    incremental = {"output_token_logprobs": tokens[2:], "completion_tokens": 3}
+    assert new_entries(incremental, 2) == ([tokens[2]], None)
+
+
+def test_event_stream_reads_cumulative_and_incremental_output() -> None:
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from ted_sglang.serve.responses import ResponseHead, event_stream
+
+    def events(incremental: bool) -> list[dict]:
+        texts = ["He", "llo", " you"] if incremental else ["He", "Hello", "Hello you"]
+        ids = [[1], [2], [3]] if incremental else [[1], [1, 2], [1, 2, 3]]
+        reasons = [None, None, {"type": "length"}]
+        return [
+            {"text": t, "output_ids": i, "meta_info": {"completion_tokens": k + 1,
+             "finish_reason": r, "prompt_tokens": 5}}
+            for k, (t, i, r) in enumerate(zip(texts, ids, reasons, strict=True))
+        ]  # fmt: skip
+
+    class Stream:
+        def __init__(self, items: list[dict]) -> None:
+            self.items, self.closed = items, False
+
+        async def events(self) -> AsyncIterator[dict]:
+            for item in self.items:
+                yield item
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    async def deltas(items: list[dict]) -> list[str]:
+        head = ResponseHead("x", 0, "m", None, "text", 1)
+        stream = Stream(items)
+        chunks = [c async for c in event_stream(head, stream, 1, False)]
+        assert stream.closed and chunks[-1] == b"data: [DONE]\n\n"
+        return [json.loads(c[6:])["choices"][0]["text"] for c in chunks[:-1]]
+
+    assert asyncio.run(deltas(events(False))) == ["He", "llo", " you"]
+    assert asyncio.run(deltas(events(True))) == ["He", "llo", " you"]
+
+
+def test_bank_check_refuses_what_cannot_be_sent_or_counted() -> None:
+    from ted_sglang.engine.launcher import free_port
+    from ted_sglang.serve.bank_check import BankCheck
+    from ted_sglang.serve.bank_state import BankRefused, BankVersion
+
+    check = BankCheck([f"http://127.0.0.1:{free_port()}"], 4096, timeout_s=5)
+    lone = BankVersion(1, ("E1",), "x\ud800", "<s>x\ud800</s>", None, None, 0.0)
+    with pytest.raises(BankRefused, match="cannot be sent"):
+        check(lone)
+    fine = BankVersion(1, ("E1",), "x", "<s>x</s>", None, None, 0.0)
+    with pytest.raises(BankRefused, match="could not be checked"):
+        check(fine)  # nothing listens there
 
 
 def test_validation_message_names_the_parameter() -> None:
@@ -300,3 +415,17 @@ def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ServeSettings(bank_path=tmp_path / "b.json")
     with pytest.raises(ValueError, match="repeat"):
         ServeSettings(bank_path=tmp_path / "b.json", endpoints=["a:1", "http://a:1"])
+
+
+@pytest.mark.parametrize(
+    ("engine_status", "status"),
+    [(400, 400), (503, 503), (None, 503), (500, 502), ("x", 502)],
+)
+def test_engine_abort_keeps_the_engines_status(engine_status: object, status: int) -> None:
+    from ted_sglang.serve.responses import finish_reason
+
+    reason = {"type": "abort", "message": "stop_regex took too long", "status_code": engine_status}
+    with pytest.raises(ServeError) as err:
+        finish_reason({"finish_reason": reason})
+    assert err.value.status == status
+    assert "stop_regex took too long" in str(err.value)

@@ -27,7 +27,7 @@ def test_image_part_is_sent_as_image_data(vision_engine_url: str, tmp_path: Path
     write_bank(tmp_path / "bank.json", "Name the shapes you see, then count.", model="tiny-vision")
     settings = ServeSettings(
         bank_path=tmp_path / "bank.json", endpoints=[vision_engine_url], port=free_port(),
-        echo_prompt=True,
+        echo_prompt=True, served_model_name="tiny",
     )  # fmt: skip
     with ServeThread(settings) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)

@@ -6,7 +6,8 @@
     schema = operations_schema(bank.ids)        # constrain the teacher's output
     report = bank.apply(teacher_json, step=3, meta={"sample_id": "q17"})
     prompt_prefix = bank.render()
-    bank.save("bank.json")
+    bank.save("bank.json")                      # refuses if another writer saved since
+    ExperienceBank.update_file("bank.json", lambda b: b.apply(teacher_json))  # under its lock
 
 Nothing here imports torch, transformers, sglang or xgrammar.
 """
@@ -20,6 +21,7 @@ from ted_sglang.bank.compression import (
     Removal,
     Rewrite,
 )
+from ted_sglang.bank.errors import BankConflict, BankFileError, BankLockTimeout
 from ted_sglang.bank.experience import Experience, normalize_text
 from ted_sglang.bank.history import BankDiff, VersionRecord
 from ted_sglang.bank.merge import BankMergePlan, EntryGroup, build_merged_bank, plan_merge
@@ -40,7 +42,6 @@ from ted_sglang.bank.similarity import (
     sequence_ratio,
     token_jaccard,
 )
-from ted_sglang.bank.storage import BankFileError
 from ted_sglang.bank.usage import Usage, utility
 
 __all__ = [
@@ -48,8 +49,10 @@ __all__ = [
     "SEMANTIC_CODES",
     "SHAPE_CODES",
     "ApplyReport",
+    "BankConflict",
     "BankDiff",
     "BankFileError",
+    "BankLockTimeout",
     "BankMergePlan",
     "BankMeta",
     "CompressionBudget",

@@ -24,6 +24,7 @@ from ted_sglang.bank.operations import (
     Rejection,
     parse_operation,
 )
+from ted_sglang.bank.report import OpResult
 from ted_sglang.bank.usage import Usage
 
 
@@ -170,3 +171,29 @@ def execute(
             record["result_id"] = new_id
         records.append(record)
     return out, next_number, records
+
+
+def op_results(verdicts: list[Verdict], records: list[dict[str, Any]]) -> list[OpResult]:
+    """One result per judged operation; ``records`` are what :func:`execute` made of the
+    accepted ones, in order."""
+    made = iter(records)
+    results = []
+    for v in verdicts:
+        if v.rejection is not None:
+            results.append(
+                OpResult(
+                    v.index,
+                    "rejected",
+                    v.raw,
+                    v.op_name,
+                    None,
+                    v.rejection.code,
+                    v.rejection.reason,
+                )
+            )
+        elif v.operation is None:
+            results.append(OpResult(v.index, "none", v.raw, "none"))
+        else:
+            record = next(made)
+            results.append(OpResult(v.index, "applied", v.raw, v.op_name, record.get("result_id")))
+    return results

@@ -5,27 +5,33 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ted_sglang.bank.apply import Verdict, execute, judge
+from ted_sglang.bank.apply import execute, judge, op_results
 from ted_sglang.bank.experience import Experience, format_id
 from ted_sglang.bank.history import BankDiff, VersionRecord, diff_entries, replay
+from ted_sglang.bank.locking import DEFAULT_LOCK_TIMEOUT_S, bank_lock
 from ted_sglang.bank.meta import BankMeta, check_json
 from ted_sglang.bank.operations import OperationLimits, load_document, operations_schema
 from ted_sglang.bank.render import render_text
-from ted_sglang.bank.report import ApplyReport, OpResult
+from ted_sglang.bank.report import ApplyReport
 from ted_sglang.bank.storage import (
     FORMAT_NAME,
     FORMAT_VERSION,
     BankFileError,
+    FileState,
     backup_path,
-    read_bank_json,
+    parse_bank_bytes,
+    read_bank_bytes,
     write_bank_json,
 )
 from ted_sglang.bank.usage import Usage
+from ted_sglang.bank.validation import check_json_tree, check_texts
+
+T = TypeVar("T")
 
 _FILE_FIELDS = {
     "format",
@@ -61,6 +67,7 @@ class ExperienceBank:
         if meta is not None and student_model is not None:
             self.meta.student_model = student_model
         self.loaded_from: Path | None = None
+        self._file: FileState | None = None  # what this bank last read from or wrote to a file
         self._entries: dict[str, Experience] = {}
         self._order: list[str] | None = None
         self._version = 0
@@ -178,7 +185,7 @@ class ExperienceBank:
                 self._entries, self._next_number, self._version = entries, next_number, version
                 self._history.append(record)
                 self._order = None
-            results = _results(verdicts, records)
+            results = op_results(verdicts, records)
             return ApplyReport(self._version, before, tuple(results), meta=copy.deepcopy(meta))
 
     def record_shown(self, ids: Iterable[str], step: int) -> int:
@@ -268,22 +275,26 @@ class ExperienceBank:
 
     @classmethod
     def from_dict(cls, data: Any) -> ExperienceBank:
-        """Rebuild from :meth:`to_dict` output, checking that the entries agree with the
-        history; raises ``ValueError`` saying what is wrong."""
+        """Rebuild from :meth:`to_dict` output, checking that it is plain JSON data within
+        the limits of :mod:`ted_sglang.bank.validation`, that every text is stored as the
+        operations store it, and that the entries agree with the history; raises
+        ``ValueError`` saying what is wrong.  Loading and saving both run this check."""
+        check_json_tree(data)
         if not isinstance(data, dict) or set(data) != _FILE_FIELDS:
-            fields = sorted(data) if isinstance(data, dict) else type(data).__name__
+            fields = sorted(data)[:12] if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"bank fields are {fields}, expected {sorted(_FILE_FIELDS)}")
         if not isinstance(data["history"], list) or not isinstance(data["entries"], list):
             raise ValueError("history and entries must be lists")
         bank = cls(limits=OperationLimits.from_dict(data["limits"]))
+        check_texts(data["entries"], data["history"], bank.limits)
         bank.meta = BankMeta.from_dict(data["meta"])
         bank._history = [VersionRecord.from_dict(r) for r in data["history"]]
         rebuilt, bank._next_number = replay(bank._history)
         bank._version = len(bank._history)
         if data["version"] != bank._version or data["next_id"] != bank.next_id:
             raise ValueError(
-                f"version {data['version']!r} / next_id {data['next_id']!r} do not match the "
-                f"history ({bank._version} / {bank.next_id})"
+                f"version {_brief(data['version'])} / next_id {_brief(data['next_id'])} do not "
+                f"match the history ({bank._version} / {bank.next_id})"
             )
         stored = [Experience.from_dict(e) for e in data["entries"]]
         by_id = {e.id: e for e in stored}
@@ -295,10 +306,56 @@ class ExperienceBank:
         bank._entries = by_id
         return bank
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the bank to ``path`` atomically; the file it replaces is kept as
-        ``<path>.bak`` when it holds a good bank."""
-        write_bank_json(path, self.to_dict(), check=ExperienceBank.from_dict)
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        new_file: bool = False,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> None:
+        """Write the bank to ``path`` atomically, under the file's lock; the file it
+        replaces is kept as ``<path>.bak`` when it holds a good bank.
+
+        Compare-and-swap: when this bank was read from ``path`` (or last saved there) and
+        the file has changed since, :class:`~ted_sglang.bank.errors.BankConflict` names
+        both versions and nothing is written.  A bank that never met ``path`` replaces
+        whatever is there (``new_file=True``: only if nothing is).  A bank that would not
+        load again (see :meth:`from_dict`) is refused with ``BankFileError``.
+        """
+        data = self.to_dict()
+        try:
+            ExperienceBank.from_dict(data)
+        except ValueError as exc:
+            raise BankFileError(path, f"not saved, the bank is not valid: {exc}") from None
+        self._file = write_bank_json(
+            path,
+            data,
+            ExperienceBank.from_dict,
+            based_on=self._file,
+            new_file=new_file,
+            lock_timeout_s=lock_timeout_s,
+        )
+
+    @classmethod
+    def update_file(
+        cls,
+        path: str | os.PathLike[str],
+        change: Callable[[ExperienceBank], T],
+        *,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> T:
+        """Load ``path``, call ``change(bank)`` and save the bank if it changed, all under
+        the file's exclusive lock, so concurrent writers (processes or threads) never
+        lose each other's edits; returns what ``change`` returned.  An exception in
+        ``change`` leaves the file as it was.
+        """
+        with bank_lock(path, lock_timeout_s):
+            bank = cls.load(path)
+            before = bank.to_dict()
+            result = change(bank)
+            if bank.to_dict() != before:
+                bank.save(path, lock_timeout_s=lock_timeout_s)
+            return result
 
     @classmethod
     def load(
@@ -338,40 +395,24 @@ class ExperienceBank:
     def load_file(cls, path: str | os.PathLike[str]) -> ExperienceBank:
         """Read exactly ``path`` (no fallback to the backup); ``BankFileError`` if bad."""
         path = Path(path)
-        data = read_bank_json(path)
+        raw = read_bank_bytes(path)
+        data = parse_bank_bytes(path, raw)
         try:
             bank = cls.from_dict(data)
         except ValueError as exc:
             raise BankFileError(path, f"is not a consistent bank: {exc}") from None
         bank.loaded_from = path
+        bank._file = FileState.of(path, raw, bank.version)
         return bank
+
+
+def _brief(value: Any) -> str:
+    """A short repr of a value from a file, for a message."""
+    text = repr(value) if isinstance(value, str | int | bool | None) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_step(step: Any) -> int:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
     return step
-
-
-def _results(verdicts: list[Verdict], records: list[dict[str, Any]]) -> list[OpResult]:
-    made = iter(records)
-    results = []
-    for v in verdicts:
-        if v.rejection is not None:
-            results.append(
-                OpResult(
-                    v.index,
-                    "rejected",
-                    v.raw,
-                    v.op_name,
-                    None,
-                    v.rejection.code,
-                    v.rejection.reason,
-                )
-            )
-        elif v.operation is None:
-            results.append(OpResult(v.index, "none", v.raw, "none"))
-        else:
-            record = next(made)
-            results.append(OpResult(v.index, "applied", v.raw, v.op_name, record.get("result_id")))
-    return results

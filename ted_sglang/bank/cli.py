@@ -218,7 +218,7 @@ def _merge(args: argparse.Namespace) -> int:
         texts, notes, _ = merge_groups(teacher.backend, plan, banks[0].limits, GenerationConfig())
     merged = build_merged_bank(plan, banks, texts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    merged.save(args.out)
+    merged.save(args.out, new_file=not args.force)  # under the lock: no race with the check
     counts = merged.meta.extra["merge"]["counts"]
     if args.json:
         out = {

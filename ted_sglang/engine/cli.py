@@ -16,6 +16,7 @@ from ted_sglang.engine.config import (
     DEFAULT_PORT,
     EngineConfig,
 )
+from ted_sglang.engine.limits import DEFAULT_MAX_REQUEST_BYTES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "engine",
         help="serve SGLang's native HTTP API on the CPU (the reference engine)",
         description="Serve a model over SGLang's native HTTP API (/generate, /model_info, "
-        "/server_info, /flush_cache, /health) with a radix prefix cache and xgrammar.",
+        "/server_info, /flush_cache, /health, /ready, /start_profile, /stop_profile) with a "
+        "radix prefix cache and xgrammar.",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -80,10 +82,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="at most this many consecutive whitespace chars in JSON output",
     )
+    add_sglang_arguments(parser)
+    add_limit_arguments(parser)
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical")
     )
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def add_sglang_arguments(parser: argparse.ArgumentParser) -> None:
+    """Server arguments that mean what SGLang's arguments of the same names mean."""
+    parser.add_argument(
+        "--incremental-streaming-output",
+        action="store_true",
+        help="stream chunks carry only their new text, output ids and output logprobs "
+        "(default: cumulative, as SGLang)",
+    )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens between stream chunks (a request's sampling_params.stream_interval wins)",
+    )
+    parser.add_argument(
+        "--enable-priority-scheduling",
+        action="store_true",
+        help="admit waiting requests by their 'priority' (higher first), then by arrival",
+    )
+    parser.add_argument(
+        "--schedule-low-priority-values-first",
+        action="store_true",
+        help="with --enable-priority-scheduling: lower priority values first",
+    )
+    parser.add_argument(
+        "--enable-return-hidden-states",
+        action="store_true",
+        help="allow requests with return_hidden_states",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        default=None,
+        help="where /start_profile writes traces, and the only place a request's output_dir "
+        "may point (default: $SGLANG_TORCH_PROFILER_DIR, else the system temp dir)",
+    )
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Bounds on what clients may send (``ted_sglang.engine.limits``)."""
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="larger request bodies get 413 before they are parsed (default: 32 MiB)",
+    )
+    parser.add_argument(
+        "--allow-auto-truncate",
+        action="store_true",
+        help="cut an input or max_new_tokens that passes the context down to fit, "
+        "instead of answering 400 (as SGLang's flag)",
+    )
+    parser.add_argument(
+        "--allow-local-images",
+        metavar="DIR",
+        default=None,
+        help="image_data may name files inside DIR (symlinks resolved; at most 16 MiB "
+        "each); by default no path is read, only base64 and data URIs",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -102,6 +166,15 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         json_any_whitespace=not args.constrained_json_disable_any_whitespace,
         json_max_whitespace_cnt=args.constrained_json_max_whitespace_cnt,
         log_level=args.log_level,
+        incremental_streaming_output=args.incremental_streaming_output,
+        stream_interval=args.stream_interval,
+        enable_priority_scheduling=args.enable_priority_scheduling,
+        schedule_low_priority_values_first=args.schedule_low_priority_values_first,
+        enable_return_hidden_states=args.enable_return_hidden_states,
+        profile_dir=args.profile_dir,
+        max_request_bytes=args.max_request_bytes,
+        allow_auto_truncate=args.allow_auto_truncate,
+        allow_local_images=args.allow_local_images,
     )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from ted_sglang.engine.limits import DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_PORT = 30000
 DEFAULT_CACHE_TOKENS = 65536
@@ -22,6 +25,8 @@ class EngineConfig:
     ``attention_backend`` is how requests store and read KV: ``shared-prefix`` keeps
     one copy of a cached prefix (the radix cache's) and reads it once per step for
     all requests decoding over it, ``per-request`` gives each its own copy.
+    The rest mirror SGLang's server arguments of the same names; ``profile_dir`` is
+    where ``/start_profile`` writes traces (SGLang: ``$SGLANG_TORCH_PROFILER_DIR`` or /tmp).
     """
 
     model: str
@@ -39,6 +44,18 @@ class EngineConfig:
     json_any_whitespace: bool = True
     json_max_whitespace_cnt: int | None = None
     log_level: str = "info"
+    incremental_streaming_output: bool = False
+    stream_interval: int = 1
+    enable_priority_scheduling: bool = False
+    schedule_low_priority_values_first: bool = False
+    enable_return_hidden_states: bool = False
+    profile_dir: str | None = None
+    # Client bounds (see ted_sglang.engine.limits): request body bytes; whether an input or
+    # max_new_tokens beyond the context is cut down (SGLang's --allow-auto-truncate)
+    # instead of refused; the folder whose files image_data may name (None: no paths).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    allow_auto_truncate: bool = False
+    allow_local_images: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -63,6 +80,14 @@ class EngineConfig:
         if self.json_max_whitespace_cnt is not None and self.json_max_whitespace_cnt < 1:
             raise ValueError(
                 f"json_max_whitespace_cnt must be >= 1, got {self.json_max_whitespace_cnt}"
+            )
+        if self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1, got {self.max_request_bytes}")
+        if self.allow_local_images is not None and not os.path.isdir(self.allow_local_images):
+            raise ValueError(
+                f"allow_local_images must name a folder, got {self.allow_local_images!r}"
             )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError(f"unknown log level {self.log_level!r}")

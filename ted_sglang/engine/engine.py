@@ -18,8 +18,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from ted_sglang.engine.config import EngineConfig
+from ted_sglang.engine.limits import fit_context
+from ted_sglang.engine.profiler import Profiler, ProfileSettings
 from ted_sglang.engine.protocol import GenerateItem, RequestError
-from ted_sglang.engine.sequence import Sequence
+from ted_sglang.engine.sequence import Sequence, finish_abort
+from ted_sglang.engine.stop_match import StopRegex
 
 logger = logging.getLogger("ted_sglang.engine")
 
@@ -67,7 +70,7 @@ class Engine:
         self.loaded = load_model(config.model, device=config.device, dtype=config.dtype)
         backend_cls = {"shared-prefix": SharedPrefixBackend, "per-request": AttentionBackend}
         self.runner = ModelRunner(self.loaded, backend_cls[config.attention_backend])
-        self.prompts = PromptBuilder(self.loaded)
+        self.prompts = PromptBuilder(self.loaded, config.allow_local_images)
         self.outputs = OutputBuilder(self.loaded.tokenizer)
         self.grammars = GrammarCache(
             self.loaded.tokenizer,
@@ -78,6 +81,7 @@ class Engine:
             max_whitespace_cnt=config.json_max_whitespace_cnt,
         )
         self.cache = RadixCache(config.cache_tokens)
+        self.profiler = Profiler()
         self.sampler = Sampler(config.random_seed, self.grammars.token_bytes)
         self.scheduler = Scheduler(
             self.runner,
@@ -85,6 +89,7 @@ class Engine:
             self.outputs,
             config.max_batch_size,
             config.max_prefill_tokens,
+            priority_sign=_priority_sign(config),
         )
 
     # -- public, any thread --------------------------------------------------------------
@@ -99,6 +104,11 @@ class Engine:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def is_ready(self) -> bool:
+        """Loaded, stepping and not shutting down: new requests are welcome."""
+        return self._thread.is_alive() and not self._stopping
+
     def make_sequences(self, items: list[GenerateItem], stream: bool) -> list[Sequence]:
         """Tokenize and check items, compile their grammars; raises RequestError (400)."""
         return [self._make_sequence(item, stream) for item in items]
@@ -109,10 +119,22 @@ class Engine:
     def abort(self, seqs: list[Sequence], message: str = "aborted by the client") -> None:
         self._inbox.put(("abort", (seqs, message)))
 
+    def abort_requests(self, rid: str, abort_all: bool = False, message: str | None = None) -> None:
+        """SGLang's ``/abort_request``: finish every request whose rid starts with ``rid``
+        (or all). Their clients get what was generated, with an abort ``finish_reason``;
+        with a ``message``, a 503 carrying it instead (SGLang's timeout aborts)."""
+        self._inbox.put(("abort_rid", (rid, abort_all, message)))
+
     def flush_cache(self, timeout: float = 30.0) -> tuple[bool, str]:
         """Empty the radix cache, unless requests are running or waiting (as SGLang)."""
         done: Future[tuple[bool, str]] = Future()
         self._inbox.put(("flush", done))
+        return done.result(timeout=timeout)
+
+    def profile(self, settings: ProfileSettings | None, timeout: float = 120.0) -> tuple[bool, str]:
+        """Start (``settings``) or stop (None) profiling the scheduler's steps."""
+        done: Future[tuple[bool, str]] = Future()
+        self._inbox.put(("profile", (settings, done)))
         return done.result(timeout=timeout)
 
     def cache_info(self) -> dict[str, Any]:
@@ -183,6 +205,8 @@ class Engine:
         elif command == "abort":
             seqs, message = arg
             self._notify([self._fail(s, message, 499) for s in seqs if not s.is_finished])
+        elif command == "abort_rid":
+            self._abort_matching(*arg)
         elif command == "flush":
             if self.scheduler.has_work:
                 arg.set_result((False, "Cache not flushed: requests are running or waiting.\n"))
@@ -193,6 +217,17 @@ class Engine:
                     arg.set_result((False, f"Cache not flushed: {exc}\n"))
                 else:
                     arg.set_result((True, "Cache flushed.\n"))
+        elif command == "profile":
+            settings, done = arg
+            try:
+                result = (
+                    self.profiler.stop()
+                    if settings is None
+                    else self.profiler.start(settings, self.num_steps)
+                )
+            except (RuntimeError, OSError) as exc:
+                result = (False, f"profiling failed: {exc}")
+            done.set_result(result)
         elif command == "stop":
             self._stopping = True
 
@@ -200,14 +235,30 @@ class Engine:
         try:
             logits = self.runner.forward(plan.forward)
             self.scheduler.record_input_logprobs(plan, logits)
+            self.scheduler.record_hidden_states(plan)
             sampled = self.sampler.sample(logits[plan.sample_rows], plan.sample_seqs)
             updated = self.scheduler.postprocess(plan, sampled)
             self.num_steps += 1
+            self.profiler.on_step(self.num_steps)
         except Exception as exc:  # one bad step fails its requests, not the engine
             self.num_failed_steps += 1
             logger.error("step failed: %s\n%s", exc, traceback.format_exc())
             updated = [self._fail(seq, f"internal error: {exc}", 500) for seq in plan.seqs]
         self._notify(updated)
+
+    def _abort_matching(self, rid: str, abort_all: bool, message: str | None) -> None:
+        sched = self.scheduler
+        hits = [
+            seq
+            for seq in (*sched.waiting, *sched.prefilling, *sched.running)
+            if abort_all or (rid and seq.rid.startswith(rid))
+        ]
+        for seq in hits:
+            if message:
+                seq.finish(finish_abort(message, 503, "ServiceUnavailableError"))
+            else:
+                seq.finish(finish_abort("Aborted", None, None))
+        self._notify([self._fail(seq, "Aborted", 500) for seq in hits])
 
     def _fail(self, seq: Sequence, message: str, status_code: int) -> Sequence:
         try:
@@ -229,13 +280,14 @@ class Engine:
     def _make_sequence(self, item: GenerateItem, stream: bool) -> Sequence:
         sp = item.sampling
         prompt = self.prompts.build(item.text, item.input_ids, item.image_data)
+        prompt, max_new_tokens = fit_context(
+            prompt,
+            sp.max_new_tokens,
+            sp.explicit_max_new_tokens,
+            self.loaded.context_length,
+            self.config.allow_auto_truncate,
+        )
         num = len(prompt.input_ids)
-        context = self.loaded.context_length
-        if num >= context:
-            raise RequestError(
-                f"The input ({num} tokens) is longer than the model's context length "
-                f"({context} tokens)."
-            )
         start = -1
         if item.return_logprob:
             start = num if item.logprob_start_len == -1 else item.logprob_start_len
@@ -247,6 +299,7 @@ class Engine:
         for token_id in [*sp.logit_bias, *sp.stop_token_ids]:
             if not 0 <= token_id < self.runner.vocab_size:
                 raise RequestError(f"token id {token_id} is outside the vocabulary")
+        self._check_extras(item)
         grammar = None
         if sp.grammar_key is not None:
             grammar = self.grammars.matcher(self.grammars.get(*sp.grammar_key))
@@ -260,17 +313,45 @@ class Engine:
             prompt_ids=prompt.input_ids,
             cache_key=prompt.cache_key,
             sampling=sp,
-            max_new_tokens=min(sp.max_new_tokens, context - num),
+            max_new_tokens=max_new_tokens,
             stop_ids=stop_ids,
             image=prompt.image,
             grammar=grammar,
+            stop_regex=StopRegex.compile(sp.stop_regex) if sp.stop_regex else None,
             return_logprob=item.return_logprob,
             logprob_start_len=start,
             top_logprobs_num=item.top_logprobs_num,
             return_text_in_logprobs=item.return_text_in_logprobs,
+            token_ids_logprob=item.token_ids_logprob,
+            return_hidden_states=item.return_hidden_states,
+            return_prompt_token_ids=item.return_prompt_token_ids,
+            priority=item.priority,
             stream=stream,
         )
         if seq.wants_input_logprobs:
             seq.input_token_logprobs = [(None, t) for t in prompt.input_ids[start:]]
             seq.input_top_logprobs = [None] * (num - start)
+            if seq.token_ids_logprob is not None:
+                seq.input_token_ids_logprobs = [None] * (num - start)
         return seq
+
+    def _check_extras(self, item: GenerateItem) -> None:
+        """SGLang's checks of ``token_ids_logprob`` and ``return_hidden_states``."""
+        vocab_size = self.runner.vocab_size
+        for token_id in item.token_ids_logprob or ():
+            if token_id >= vocab_size:
+                raise RequestError(
+                    f"token_ids_logprob contains out-of-vocabulary token id {token_id}; "
+                    f"valid range is [0, {vocab_size})."
+                )
+        if item.return_hidden_states and not self.config.enable_return_hidden_states:
+            raise RequestError(
+                "The server is not configured to return hidden states. "
+                "Please start it with `--enable-return-hidden-states`."
+            )
+
+
+def _priority_sign(config: EngineConfig) -> int:
+    if not config.enable_priority_scheduling:
+        return 0
+    return 1 if config.schedule_low_priority_values_first else -1

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class GrammarCache:
-    """Compiles ``regex``/``json_schema``/``ebnf`` constraints once each (LRU by kind and text).
+    """Compiles ``regex``/``json_schema``/``ebnf``/``structural_tag`` constraints once each
+    (LRU by kind and text).
 
     Thread-safe: requests compile in worker threads before they reach the scheduler.
     """
@@ -60,11 +61,25 @@ class GrammarCache:
                 return self._entries[key]
             self.misses += 1
         compiled = self._compile(kind, text)
+        self._check_not_empty(kind, compiled)
         with self._lock:
             self._entries[key] = compiled
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return compiled
+
+    def _check_not_empty(self, kind: str, compiled: Any) -> None:
+        """Refuse a grammar that allows no first token (a ``$ref`` to itself compiles so)."""
+        import xgrammar
+
+        matcher = xgrammar.GrammarMatcher(compiled)
+        bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+        if not matcher.is_terminated() and not bool(bitmask.any()):
+            raise RequestError(
+                f"the {kind} allows no output at all (does it refer to itself, or ask for "
+                "something no value can be?)"
+            )
 
     def info(self) -> dict[str, int]:
         return {
@@ -93,12 +108,65 @@ class GrammarCache:
                 )
             if kind == "regex":
                 return self.compiler.compile_regex(text)
+            if kind == "structural_tag":
+                return self.compiler.compile_structural_tag(structural_tag_json(text))
             assert kind == "ebnf", kind
             return self.compiler.compile_grammar(text)
         except RequestError:
             raise
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses
             raise RequestError(f"invalid {kind}: {exc}") from None
+
+
+def structural_tag_json(text: str) -> str:
+    """An SGLang ``structural_tag`` as the JSON xgrammar compiles.
+
+    SGLang takes two forms: the current one (``{"format": {...}}``, xgrammar's own) and
+    the legacy one (``{"structures": [{"begin", "schema", "end"}], "triggers": [...]}``),
+    which becomes a ``triggered_tags`` format. A missing JSON schema means any JSON.
+    """
+    try:
+        tag = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"structural_tag is not valid JSON: {exc}") from None
+    if not isinstance(tag, dict):
+        raise RequestError("structural_tag must be a JSON object")
+    if tag.get("structures") is not None:
+        structures, triggers = tag["structures"], tag.get("triggers")
+        if not isinstance(structures, list) or not isinstance(triggers, list):
+            raise RequestError("a legacy structural_tag needs lists 'structures' and 'triggers'")
+        tags = []
+        for item in structures:
+            if not isinstance(item, dict) or "begin" not in item or "end" not in item:
+                raise RequestError("each structural_tag structure needs 'begin' and 'end'")
+            schema = item.get("schema")
+            content = {"type": "json_schema", "json_schema": {} if schema is None else schema}
+            tags.append(
+                {"type": "tag", "begin": item["begin"], "content": content, "end": item["end"]}
+            )
+        fmt = {
+            "type": "triggered_tags",
+            "triggers": triggers,
+            "tags": tags,
+            "at_least_one": bool(tag.get("at_least_one", False)),
+        }
+        return json.dumps({"type": "structural_tag", "format": fmt})
+    if not isinstance(tag.get("format"), dict):
+        raise RequestError("structural_tag needs a 'format' object (or legacy 'structures')")
+    _fill_json_schemas(tag["format"])
+    return json.dumps(tag)
+
+
+def _fill_json_schemas(fmt: Any) -> None:
+    """Give every ``json_schema`` format without a schema the empty one (any JSON)."""
+    if not isinstance(fmt, dict):
+        return
+    if fmt.get("type") in ("json_schema", "qwen_xml_parameter") and fmt.get("json_schema") is None:
+        fmt["json_schema"] = {}
+    _fill_json_schemas(fmt.get("content"))
+    for key in ("elements", "tags"):
+        for child in fmt.get(key) or ():
+            _fill_json_schemas(child)
 
 
 # Second-byte range allowed after each multi-byte lead byte (RFC 3629), and the number
@@ -147,10 +215,10 @@ def utf8_tail(pending: bytes, piece: bytes) -> bytes | None:
 
 def apply_grammar_masks(logits: torch.Tensor, matchers: list[tuple[int, Any]]) -> None:
     """Mask, in place, the tokens each ``(row, matcher)`` forbids next."""
+    if not matchers:  # so that unconstrained decoding runs without xgrammar installed
+        return
     import xgrammar
 
-    if not matchers:
-        return
     bitmask = xgrammar.allocate_token_bitmask(logits.shape[0], logits.shape[1])
     for row, matcher in matchers:
         matcher.fill_next_token_bitmask(bitmask, row)

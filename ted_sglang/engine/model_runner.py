@@ -29,6 +29,8 @@ class ForwardInput:
     positions: list[int] = field(default_factory=list)
     logit_rows: list[int] = field(default_factory=list)
     pixel_values: list[torch.Tensor] = field(default_factory=list)
+    capture_hidden: bool = False  # keep the last layer's output (after the final norm)
+    hidden_states: torch.Tensor | None = None  # ``[num_tokens, hidden]`` float32, on the CPU
 
     def add(self, kv: SequenceKV, token_ids: list[int], start: int) -> Segment:
         seg = Segment(kv, start, len(token_ids), len(self.input_ids))
@@ -87,14 +89,25 @@ class ModelRunner:
         if batch.pixel_values:
             kwargs["pixel_values"] = torch.cat(batch.pixel_values).to(device, self.dtype)
         backend = self.backend_cls(batch.segments)
-        with torch.inference_mode(), active_backend(backend):
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=rows,
-                **kwargs,
-            )
+        hook = None
+        if batch.capture_hidden:
+
+            def keep(module: Any, args: Any, output: Any) -> None:
+                batch.hidden_states = output.last_hidden_state[0].float().cpu()
+
+            hook = self.model.get_decoder().register_forward_hook(keep)
+        try:
+            with torch.inference_mode(), active_backend(backend):
+                out = self.model(
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    use_cache=False,
+                    logits_to_keep=rows,
+                    **kwargs,
+                )
+        finally:
+            if hook is not None:
+                hook.remove()
         for seg in batch.segments:
             seg.kv.length = max(seg.kv.length, seg.start + seg.num_tokens)
         return out.logits[0].float()

@@ -7,6 +7,14 @@ from typing import Any
 
 from ted_sglang.engine.sequence import Sequence
 
+# Output-side lists an incremental stream chunk slices to its own tokens
+# (tokenizer_manager._INCREMENTAL_STREAMING_META_INFO_KEYS in SGLang).
+INCREMENTAL_META_KEYS = (
+    "output_token_logprobs",
+    "output_top_logprobs",
+    "output_token_ids_logprobs",
+)
+
 
 class OutputBuilder:
     """Detokenizes outputs and builds ``/generate`` answers as SGLang 0.5.23 shapes them."""
@@ -48,10 +56,27 @@ class OutputBuilder:
     def tail_text(self, ids: list[int], num_tokens: int) -> str:
         return self.tokenizer.decode(ids[-num_tokens:])
 
-    def response(self, seq: Sequence, text: str, num_tokens: int | None = None) -> dict[str, Any]:
-        """``{"text", "output_ids", "meta_info"}`` for the first ``num_tokens`` outputs."""
+    def response(
+        self, seq: Sequence, text: str, num_tokens: int | None = None, since: int = 0
+    ) -> dict[str, Any]:
+        """``{"text", "output_ids", "meta_info"}`` for the first ``num_tokens`` outputs.
+
+        ``since > 0`` makes an incremental stream chunk (SGLang's
+        ``--incremental-streaming-output``): ``output_ids`` and the output-side logprob
+        lists hold only outputs ``since`` to ``num_tokens``; ``text`` is the caller's delta.
+        """
         n = seq.num_output_tokens if num_tokens is None else num_tokens
-        return {"text": text, "output_ids": seq.output_ids[:n], "meta_info": self.meta_info(seq, n)}
+        meta = self.meta_info(seq, n)
+        if since:
+            for key in INCREMENTAL_META_KEYS:
+                if key in meta:
+                    meta[key] = meta[key][since:]
+        if not seq.stream and "e2e_latency" in meta:  # the answer goes out now
+            meta["response_sent_to_client_ts"] = time.time()
+        out = {"text": text, "output_ids": seq.output_ids[since:n], "meta_info": meta}
+        if seq.return_prompt_token_ids:
+            out["prompt_token_ids"] = list(seq.prompt_ids)
+        return out
 
     def meta_info(self, seq: Sequence, num_tokens: int) -> dict[str, Any]:
         finished = seq.is_finished and num_tokens == seq.num_output_tokens
@@ -64,7 +89,14 @@ class OutputBuilder:
             "reasoning_tokens": 0,
             "completion_tokens": num_tokens,
             "cached_tokens": seq.num_cached_tokens,
+            # SGLang's OutputStreamer.get_cached_tokens_details without a host cache
+            "cached_tokens_details": (
+                {"device": seq.num_cached_tokens, "host": 0} if seq.num_cached_tokens else None
+            ),
+            "dp_rank": 0,
         }
+        if finished:  # SGLang's add_weight_versions_to_meta_info: one span, one version
+            meta["weight_versions"] = [{"version": "default", "start": 0, "end": num_tokens}]
         if seq.image is not None:
             meta["image_tokens"] = seq.image.end - seq.image.start
         if seq.return_logprob:
@@ -82,6 +114,17 @@ class OutputBuilder:
                 meta["output_top_logprobs"] = [
                     self._entries(row, text) for row in seq.output_top_logprobs[:num_tokens]
                 ]
+            if seq.token_ids_logprob is not None:
+                meta["input_token_ids_logprobs"] = [
+                    self._entries(row, text) if row else None
+                    for row in seq.input_token_ids_logprobs
+                ]
+                meta["output_token_ids_logprobs"] = [
+                    self._entries(row, text) if row else None
+                    for row in seq.output_token_ids_logprobs[:num_tokens]
+                ]
+        if seq.return_hidden_states:
+            meta["hidden_states"] = seq.hidden_states[: max(num_tokens, 1)]
         if finished:
             meta["e2e_latency"] = (seq.finish_time or time.perf_counter()) - seq.arrival_time
         return meta

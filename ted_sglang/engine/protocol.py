@@ -17,6 +17,8 @@ from typing import Any
 
 TOP_K_ALL = 1 << 30
 MAX_STOP_COUNT = 32
+MAX_STOP_REGEX_COUNT = 32
+MAX_STOP_REGEX_LEN = 256  # bytes
 MAX_N = 64
 _SAMPLING_EPS = 1e-6
 
@@ -29,8 +31,6 @@ _UNSUPPORTED_FIELDS = (
     "lora_id",
     "session_params",
     "custom_logit_processor",
-    "token_ids_logprob",
-    "return_hidden_states",
     "cache_salt",
     "extra_key",
     "return_routed_experts",
@@ -43,7 +43,10 @@ _UNSUPPORTED_FIELDS = (
     "return_sampling_mask",
     "kv_hints",
 )
-_UNSUPPORTED_SAMPLING = ("structural_tag", "beam_width", "custom_params", "watermark", "choice")
+# custom_params is accepted: it only feeds a custom logit processor, which is refused above.
+_UNSUPPORTED_SAMPLING = ("beam_width", "watermark", "choice")
+MAX_TOKEN_IDS_LOGPROB = 256  # token ids whose logprobs one request may ask for
+_INT64_RANGE = (-(1 << 63), 1 << 63)
 
 
 class RequestError(ValueError):
@@ -55,11 +58,17 @@ class RequestError(ValueError):
         self.err_type = err_type
 
 
+class ContractError(RequestError):
+    """A body that breaks SGLang's JSON contract (a type error): 400 even when streaming,
+    where SGLang answers other refusals with an in-stream error event."""
+
+
 @dataclass
 class SamplingParams:
     """Sampling settings of one request, with SGLang's defaults (greedy is ``top_k == 1``)."""
 
     max_new_tokens: int = 128
+    explicit_max_new_tokens: bool = False  # set by the client (SGLang checks only then)
     min_new_tokens: int = 0
     n: int = 1
     stop: list[str] = field(default_factory=list)
@@ -79,8 +88,11 @@ class SamplingParams:
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     sampling_seed: int | None = None
+    stream_interval: int | None = None  # None or < 1: the server's --stream-interval
+    custom_params: Any = None
 
     @property
     def is_greedy(self) -> bool:
@@ -89,7 +101,7 @@ class SamplingParams:
     @property
     def grammar_key(self) -> tuple[str, str] | None:
         """``(kind, text)`` of the constraint, or None."""
-        for kind in ("json_schema", "regex", "ebnf"):
+        for kind in ("json_schema", "regex", "ebnf", "structural_tag"):
             value = getattr(self, kind)
             if value is not None:
                 return kind, value
@@ -117,6 +129,10 @@ class GenerateItem:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    token_ids_logprob: list[int] | None = None
+    return_hidden_states: bool = False
+    return_prompt_token_ids: bool = False
+    priority: int | None = None
 
 
 @dataclass
@@ -164,11 +180,19 @@ def parse_generate(body: Any) -> GenerateRequest:
     if any(s.n != n for s in samplings):
         raise RequestError("n must be the same in every sampling_params of a batch")
     images = _images(body.get("image_data"), num, is_single)
+    if n > 1:
+        for name in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
+            if isinstance(body.get(name), list):
+                raise RequestError(f"Cannot use list {name} with parallel_sample_num > 1")
     return_logprob = _per_prompt(body.get("return_logprob"), num, "return_logprob", False)
     start_len = _per_prompt(body.get("logprob_start_len"), num, "logprob_start_len", -1)
     top_num = _per_prompt(body.get("top_logprobs_num"), num, "top_logprobs_num", 0)
     text_in_logprobs = bool(body.get("return_text_in_logprobs") or False)
-    rids = _rids(body.get("rid"), num * n)
+    token_ids = _token_ids_logprob(body.get("token_ids_logprob"), num, n)
+    hidden = _per_prompt(body.get("return_hidden_states"), num, "return_hidden_states", False)
+    prompt_rids = _rids(body.get("rid"), num, is_single and n == 1)
+    priority = _priority(body.get("priority"))
+    return_prompt_ids = bool(body.get("return_prompt_token_ids") or False)
 
     items = []
     for i, prompt in enumerate(prompts):
@@ -179,7 +203,9 @@ def parse_generate(body: Any) -> GenerateRequest:
         for _ in range(n):
             items.append(
                 GenerateItem(
-                    rid=rids[len(items)],
+                    # With n > 1, SGLang gives every sample a fresh id (GenerateReqInput
+                    # .regenerate_rid); the prompt's own rid only names the group.
+                    rid=prompt_rids[i] if n == 1 else uuid.uuid4().hex,
                     text=prompt if text is not None else None,
                     input_ids=list(prompt) if input_ids is not None else None,
                     image_data=images[i],
@@ -188,6 +214,10 @@ def parse_generate(body: Any) -> GenerateRequest:
                     logprob_start_len=-1 if start_len[i] is None else start_len[i],
                     top_logprobs_num=top_num[i] or 0,
                     return_text_in_logprobs=text_in_logprobs,
+                    token_ids_logprob=token_ids[i],
+                    return_hidden_states=bool(hidden[i]),
+                    return_prompt_token_ids=return_prompt_ids,
+                    priority=priority,
                 )
             )
     return GenerateRequest(
@@ -207,6 +237,7 @@ def parse_sampling_params(raw: dict[str, Any]) -> SamplingParams:
 
     sp = SamplingParams(
         max_new_tokens=get("max_new_tokens", 128),
+        explicit_max_new_tokens=raw.get("max_new_tokens") is not None,
         min_new_tokens=get("min_new_tokens", 0),
         n=get("n", 1),
         stop=_str_list(raw.get("stop")),
@@ -226,8 +257,11 @@ def parse_sampling_params(raw: dict[str, Any]) -> SamplingParams:
         regex=raw.get("regex") or None,
         json_schema=raw.get("json_schema") or None,
         ebnf=raw.get("ebnf") or None,
+        structural_tag=raw.get("structural_tag") or None,
         logit_bias=_logit_bias(raw.get("logit_bias")),
         sampling_seed=raw.get("sampling_seed"),
+        stream_interval=raw.get("stream_interval"),
+        custom_params=raw.get("custom_params"),
     )
     if not math.isfinite(sp.temperature) or sp.temperature < 0.0:
         raise RequestError(
@@ -261,17 +295,44 @@ def parse_sampling_params(raw: dict[str, Any]) -> SamplingParams:
         raise RequestError(f"n must be in [1, {MAX_N}], got {sp.n}.")
     if len(sp.stop) > MAX_STOP_COUNT:
         raise RequestError(f"at most {MAX_STOP_COUNT} stop strings are allowed, got {len(sp.stop)}")
-    if sum(x is not None for x in (sp.json_schema, sp.regex, sp.ebnf)) > 1:
+    if sum(x is not None for x in (sp.json_schema, sp.regex, sp.ebnf, sp.structural_tag)) > 1:
         raise RequestError("Only one of json_schema, regex, ebnf, or structural_tag can be set.")
-    if sp.stop_regex:
-        import re
-
-        for pattern in sp.stop_regex:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise RequestError(f"invalid stop_regex {pattern!r}: {exc}") from None
+    _check_stop_regex(sp.stop_regex)
     return sp
+
+
+def _check_stop_regex(patterns: list[str]) -> None:
+    """SGLang's bounds on ``stop_regex`` (count, bytes each), and ``re``'s syntax."""
+    import re
+
+    if len(patterns) > MAX_STOP_REGEX_COUNT:
+        raise RequestError(
+            f"at most {MAX_STOP_REGEX_COUNT} stop_regex patterns are allowed, got {len(patterns)}"
+        )
+    for pattern in patterns:
+        num_bytes = len(pattern.encode("utf-8", "surrogatepass"))
+        if num_bytes > MAX_STOP_REGEX_LEN:
+            raise RequestError(
+                f"stop_regex is {num_bytes} bytes, over the {MAX_STOP_REGEX_LEN}-byte limit"
+            )
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            raise RequestError(f"invalid stop_regex {pattern!r}: {exc}") from None
+
+
+def parse_abort(body: Any) -> tuple[str, bool, str | None]:
+    """``(rid, abort_all, abort_message)`` of an ``/abort_request`` body (SGLang's AbortReq)."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    rid, abort_all, message = body.get("rid"), body.get("abort_all"), body.get("abort_message")
+    if rid is not None and not isinstance(rid, str):
+        raise RequestError("rid must be a string")
+    if abort_all is not None and not isinstance(abort_all, bool):
+        raise RequestError("abort_all must be a boolean")
+    if message is not None and not isinstance(message, str):
+        raise RequestError("abort_message must be a string")
+    return rid or "", bool(abort_all), message or None
 
 
 def _check_contract(body: dict[str, Any]) -> None:
@@ -281,7 +342,11 @@ def _check_contract(body: dict[str, Any]) -> None:
     try:
         ContractRequest.from_json_value(body)
     except JsonContractError as exc:
-        raise RequestError(str(exc)) from None
+        raise ContractError(str(exc)) from None
+    except RecursionError:
+        raise ContractError("the request body is nested too deeply") from None
+    except OverflowError as exc:  # an integer too large for a float field
+        raise ContractError(f"a number in the request is too large: {exc}") from None
 
 
 def _per_prompt(value: Any, num: int, name: str, default: Any) -> list[Any]:
@@ -314,16 +379,55 @@ def _images(value: Any, num: int, is_single: bool) -> list[str | None]:
     return [one(v) for v in value]
 
 
-def _rids(value: Any, num: int) -> list[str]:
+def _rids(value: Any, num: int, is_single: bool) -> list[str]:
+    """One rid per prompt, as ``GenerateReqInput._normalize_rid``: a string names a single
+    request, or ``{rid}_{i}`` for prompt i of a batch; a list has one per prompt."""
     if value is None:
         return [uuid.uuid4().hex for _ in range(num)]
     if isinstance(value, str):
-        return [value] if num == 1 else [f"{value}_{i}" for i in range(num)]
+        return [value] if is_single else [f"{value}_{i}" for i in range(num)]
+    if is_single:
+        raise RequestError("rid must be a string for a single request")
     if len(value) != num:
-        raise RequestError(f"rid has {len(value)} entries for {num} requests")
+        raise RequestError(
+            f"The specified rids length mismatch with the batch_size for batch processing "
+            f"({len(value)} rids for {num} prompts)."
+        )
     if len(set(value)) != len(value):
-        raise RequestError("rid values must be unique")
+        raise RequestError("Duplicate request IDs detected within the request")
     return list(value)
+
+
+def _token_ids_logprob(value: Any, num: int, n: int) -> list[list[int] | None]:
+    """Per prompt: the token ids whose logprobs to report at each position, or None."""
+    if not value:
+        return [None] * num
+    if isinstance(value[0], list):
+        if n > 1:
+            raise RequestError("Cannot use list token_ids_logprob with parallel_sample_num > 1")
+        if len(value) != num:
+            raise RequestError(f"token_ids_logprob has {len(value)} entries for {num} prompts")
+        rows = [row or None for row in value]
+    else:
+        rows = [list(value)] * num
+    for row in rows:
+        if row is not None and len(row) > MAX_TOKEN_IDS_LOGPROB:
+            raise RequestError(
+                f"token_ids_logprob may name at most {MAX_TOKEN_IDS_LOGPROB} token ids, "
+                f"got {len(row)}"
+            )
+        if row is not None and any(t < 0 for t in row):
+            raise RequestError("token_ids_logprob must hold non-negative token ids")
+    return rows
+
+
+def _priority(value: Any) -> int | None:
+    if value is not None and not _INT64_RANGE[0] <= value < _INT64_RANGE[1]:
+        raise RequestError(
+            "priority must be a signed 64-bit integer "
+            "between -9223372036854775808 and 9223372036854775807"
+        )
+    return value
 
 
 def _str_list(value: Any) -> list[str]:
@@ -336,6 +440,9 @@ def _logit_bias(value: Any) -> dict[int, float]:
     if not value:
         return {}
     try:
-        return {int(k): float(v) for k, v in value.items()}
-    except ValueError:
-        raise RequestError("logit_bias keys must be token ids") from None
+        bias = {int(k): float(v) for k, v in value.items()}
+    except (ValueError, OverflowError, TypeError):
+        raise RequestError("logit_bias must map token ids to finite numbers") from None
+    if not all(math.isfinite(v) for v in bias.values()):
+        raise RequestError("logit_bias values must be finite numbers (no NaN or infinity)")
+    return bias

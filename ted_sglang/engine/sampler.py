@@ -23,6 +23,8 @@ class SampleOutput:
     logprobs: list[float] | None  # chosen token's logprob per row (when any row asks)
     top_logprobs: list[list[tuple[float, int]] | None]
     failed: list[int]  # rows where every token was masked out
+    # per row, (logprob, id) of each id in the row's ``token_ids_logprob`` (or None)
+    token_ids_logprobs: list[list[tuple[float, int]] | None] | None = None
 
 
 class Sampler:
@@ -51,6 +53,7 @@ class Sampler:
         temps = torch.tensor(
             [1.0 if s.sampling.is_greedy else s.sampling.temperature for s in seqs],
             dtype=logits.dtype,
+            device=logits.device,
         )
         logits.div_(temps.unsqueeze(1))
         need_logprobs = any(s.return_logprob for s in seqs)
@@ -59,7 +62,7 @@ class Sampler:
         tokens = logits.argmax(dim=-1)
         sample_rows = [i for i, s in enumerate(seqs) if not s.sampling.is_greedy]
         if sample_rows:
-            rows = torch.tensor(sample_rows)
+            rows = torch.tensor(sample_rows, device=logits.device)
             tokens[rows] = self._sample_rows(logits[rows], [seqs[i] for i in sample_rows])
         if self.token_bytes is not None:
             for i, s in enumerate(seqs):
@@ -69,12 +72,15 @@ class Sampler:
 
         chosen = None
         top: list[list[tuple[float, int]] | None] = [None] * len(seqs)
+        by_id: list[list[tuple[float, int]] | None] = [None] * len(seqs)
         if logprobs_all is not None:
             chosen = logprobs_all.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
             for i, s in enumerate(seqs):
                 if s.return_logprob and s.top_logprobs_num > 0:
                     top[i] = top_logprobs(logprobs_all[i], s.top_logprobs_num)
-        return SampleOutput(token_ids, chosen, top, failed)
+                if s.return_logprob and s.token_ids_logprob is not None:
+                    by_id[i] = token_ids_logprobs(logprobs_all[i], s.token_ids_logprob)
+        return SampleOutput(token_ids, chosen, top, failed, by_id)
 
     def _utf8_safe(
         self, logits: torch.Tensor, i: int, seq: Sequence, token: int, failed: list[int]
@@ -107,7 +113,8 @@ class Sampler:
         for i, s in enumerate(seqs):
             sp = s.sampling
             if sp.has_penalties and s.output_ids:
-                ids, counts = torch.tensor(s.output_ids).unique(return_counts=True)
+                ids = torch.tensor(s.output_ids, device=logits.device)
+                ids, counts = ids.unique(return_counts=True)
                 row = logits[i]
                 if sp.repetition_penalty != 1.0:
                     vals = row[ids]
@@ -132,11 +139,14 @@ class Sampler:
         min_ps = [s.sampling.min_p for s in seqs]
         if any(k < probs.shape[1] for k in top_ks) or any(p < 1.0 for p in top_ps) or any(min_ps):
             sorted_probs, order = probs.sort(dim=-1, descending=True)
-            ranks = torch.arange(probs.shape[1]).unsqueeze(0)
-            drop = ranks >= torch.tensor(top_ks).clamp(max=probs.shape[1]).unsqueeze(1)
+            device = probs.device
+            ranks = torch.arange(probs.shape[1], device=device).unsqueeze(0)
+            top_k = torch.tensor(top_ks, device=device).clamp(max=probs.shape[1])
+            drop = ranks >= top_k.unsqueeze(1)
             cumulative = sorted_probs.cumsum(dim=-1)
-            drop |= (cumulative - sorted_probs) > torch.tensor(top_ps).unsqueeze(1)
-            drop |= sorted_probs < sorted_probs[:, :1] * torch.tensor(min_ps).unsqueeze(1)
+            drop |= (cumulative - sorted_probs) > torch.tensor(top_ps, device=device).unsqueeze(1)
+            min_p = torch.tensor(min_ps, device=device, dtype=probs.dtype)
+            drop |= sorted_probs < sorted_probs[:, :1] * min_p.unsqueeze(1)
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
         # Inverse-CDF sampling: one uniform number per row (a full-vocabulary RNG pass is slow).
@@ -147,6 +157,7 @@ class Sampler:
                     (s.sampling.sampling_seed + s.num_output_tokens) % (1 << 63)
                 )
                 uniform[i] = torch.rand(1, generator=gen, dtype=probs.dtype)[0]
+        uniform = uniform.to(probs.device)  # drawn on the CPU: the same numbers on any device
         cdf = probs.cumsum(dim=-1)
         targets = (uniform * cdf[:, -1]).unsqueeze(1)
         tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
@@ -157,3 +168,9 @@ def top_logprobs(logprobs: torch.Tensor, k: int) -> list[tuple[float, int]]:
     """The ``k`` largest ``(logprob, token_id)`` of one row."""
     values, ids = logprobs.topk(min(k, logprobs.shape[-1]))
     return list(zip(values.tolist(), ids.tolist(), strict=True))
+
+
+def token_ids_logprobs(logprobs: torch.Tensor, token_ids: list[int]) -> list[tuple[float, int]]:
+    """``(logprob, token_id)`` of the given ids in one row, in the order given."""
+    values = logprobs[token_ids].tolist()
+    return list(zip(values, token_ids, strict=True))

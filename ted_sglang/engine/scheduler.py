@@ -10,20 +10,20 @@ arriving together with a common uncached prefix compute it once.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ted_sglang.engine.model_runner import ForwardInput
 from ted_sglang.engine.radix_cache import common_prefix_len
-from ted_sglang.engine.sampler import top_logprobs
+from ted_sglang.engine.sampler import token_ids_logprobs, top_logprobs
 from ted_sglang.engine.sequence import (
     SeqStatus,
     finish_abort,
     finish_length,
     finish_stop,
 )
+from ted_sglang.engine.stop_match import StopRegexTimeout
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +63,7 @@ class StepPlan:
     sample_rows: list[int] = field(default_factory=list)
     logprob_targets: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, position)
     logprob_rows: list[int] = field(default_factory=list)
+    hidden_targets: list[tuple[Sequence, int, int]] = field(default_factory=list)  # seq, at, n
 
     @property
     def seqs(self) -> list[Sequence]:
@@ -77,12 +78,16 @@ class Scheduler:
         outputs: OutputBuilder,
         max_batch_size: int,
         max_prefill_tokens: int,
+        priority_sign: int = 0,
     ) -> None:
+        """``priority_sign``: 0 admits in arrival order; -1 admits higher ``priority``
+        values first, 1 lower ones first (SGLang's priority scheduling)."""
         self.runner = runner
         self.cache = cache
         self.outputs = outputs
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
+        self.priority_sign = priority_sign
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -109,6 +114,8 @@ class Scheduler:
                 break
             budget -= self._add_chunk(plan, seq, budget)
         admitted: list[Sequence] = []
+        if self.priority_sign and len(self.waiting) > 1:
+            self.waiting = deque(sorted(self.waiting, key=self._priority_key))
         for seq in list(self.waiting):
             if budget <= 0 or self.num_active >= self.max_batch_size:
                 break
@@ -122,7 +129,15 @@ class Scheduler:
             seg = plan.forward.add(seq.kv, [seq.output_ids[-1]], seq.kv.length)
             plan.decodes.append(seq)
             self._add_sample_row(plan, seq, seg.offset)
+            if seq.return_hidden_states:
+                plan.hidden_targets.append((seq, seg.offset, 0))
+        plan.forward.capture_hidden = bool(plan.hidden_targets)
         return plan if plan.forward.num_tokens else None
+
+    def _priority_key(self, seq: Sequence) -> tuple[bool, int, float]:
+        """Requests without a priority go last, as in SGLang; ties by arrival."""
+        value = 0 if seq.priority is None else seq.priority * self.priority_sign
+        return (seq.priority is None, value, seq.arrival_time)
 
     def _admit(self, seq: Sequence, admitted: list[Sequence]) -> bool:
         """Start prefilling ``seq`` from its cached prefix, unless it should wait for another."""
@@ -169,6 +184,8 @@ class Scheduler:
                 plan.forward.logit_rows.append(seg.offset + pos - start)
         if start + n == seq.prompt_len and seq.max_new_tokens > 0:
             self._add_sample_row(plan, seq, seg.offset + n - 1)
+        if start + n == seq.prompt_len and seq.return_hidden_states:
+            plan.hidden_targets.append((seq, seg.offset, n))
         return n
 
     @staticmethod
@@ -186,12 +203,29 @@ class Scheduler:
             return
         logprobs = torch.log_softmax(logits[plan.logprob_rows], dim=-1)
         token_ids = [seq.prompt_ids[pos] for seq, pos in plan.logprob_targets]
-        chosen = logprobs.gather(1, torch.tensor(token_ids).unsqueeze(1)).squeeze(1).tolist()
+        index = torch.tensor(token_ids, device=logprobs.device).unsqueeze(1)
+        chosen = logprobs.gather(1, index).squeeze(1).tolist()
         for i, (seq, pos) in enumerate(plan.logprob_targets):
             index = pos - seq.logprob_start_len
             seq.input_token_logprobs[index] = (chosen[i], token_ids[i])
             if seq.top_logprobs_num > 0:
                 seq.input_top_logprobs[index] = top_logprobs(logprobs[i], seq.top_logprobs_num)
+            if seq.token_ids_logprob is not None:
+                seq.input_token_ids_logprobs[index] = token_ids_logprobs(
+                    logprobs[i], seq.token_ids_logprob
+                )
+
+    def record_hidden_states(self, plan: StepPlan) -> None:
+        """SGLang's ``return_hidden_states`` rows: the rows of a prompt's last prefill
+        chunk as one entry, then one row per decode step."""
+        hidden = plan.forward.hidden_states
+        if hidden is None:
+            return
+        for seq, offset, num in plan.hidden_targets:
+            if num:
+                seq.hidden_states.append(hidden[offset : offset + num].tolist())
+            else:
+                seq.hidden_states.append(hidden[offset].tolist())
 
     def postprocess(self, plan: StepPlan, sampled: SampleOutput) -> list[Sequence]:
         """Apply a step's results; returns the sequences with news for their clients."""
@@ -229,6 +263,8 @@ class Scheduler:
             seq.output_token_logprobs.append((sampled.logprobs[i], token))
             if seq.top_logprobs_num > 0:
                 seq.output_top_logprobs.append(sampled.top_logprobs[i] or [])
+            if seq.token_ids_logprob is not None and sampled.token_ids_logprobs is not None:
+                seq.output_token_ids_logprobs.append(sampled.token_ids_logprobs[i] or [])
         if seq.grammar is not None and not seq.grammar.accept_token(token):
             seq.finish(finish_abort(f"the grammar rejected token {token}"))
             return
@@ -245,11 +281,14 @@ class Scheduler:
             for stop in sp.stop:
                 if stop in tail:
                     return finish_stop(stop)
-        if sp.stop_regex:
-            text = self.outputs.tail_text(seq.output_ids, seq.num_output_tokens)
-            for pattern in sp.stop_regex:
-                if re.search(pattern, text):
-                    return finish_stop(pattern)
+        if seq.stop_regex is not None:
+            tail = self.outputs.tail_text(seq.output_ids, seq.stop_regex.window_tokens)
+            try:
+                matched = seq.stop_regex.search(tail)
+            except StopRegexTimeout as exc:
+                return finish_abort(str(exc), 400, "BadRequestError")
+            if matched is not None:
+                return finish_stop(matched)
         if token in seq.stop_ids:
             return finish_stop(token)
         if seq.num_output_tokens >= seq.max_new_tokens:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ted_sglang.engine.prompt import ImageInput
     from ted_sglang.engine.protocol import SamplingParams
     from ted_sglang.engine.radix_cache import TreeNode
+    from ted_sglang.engine.stop_match import StopRegex
 
 
 class SeqStatus(enum.Enum):
@@ -30,7 +31,10 @@ def finish_length(length: int) -> dict[str, Any]:
     return {"type": "length", "length": length}
 
 
-def finish_abort(message: str, status_code: int = 500, err_type: str = "InternalServerError"):
+def finish_abort(
+    message: str, status_code: int | None = 500, err_type: str | None = "InternalServerError"
+) -> dict[str, Any]:
+    """SGLang's ``FINISH_ABORT``; a None ``status_code`` (``/abort_request``) still answers 200."""
     return {"type": "abort", "message": message, "status_code": status_code, "err_type": err_type}
 
 
@@ -51,11 +55,16 @@ class Sequence:
     stop_ids: frozenset[int]
     image: ImageInput | None = None
     grammar: Any = None  # xgrammar.GrammarMatcher
+    stop_regex: StopRegex | None = None
     utf8_pending: bytes = b""  # unfinished UTF-8 sequence at the end of the output (grammar)
     return_logprob: bool = False
     logprob_start_len: int = -1  # resolved: -1 = no input logprobs
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    token_ids_logprob: list[int] | None = None  # ids whose logprobs every position reports
+    return_hidden_states: bool = False
+    return_prompt_token_ids: bool = False
+    priority: int | None = None
     stream: bool = False
     on_update: Callable[[Sequence], None] | None = None
     arrival_time: float = field(default_factory=time.perf_counter)
@@ -72,6 +81,11 @@ class Sequence:
     input_top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    input_token_ids_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
+    output_token_ids_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    # SGLang's layout: the last prefill chunk's rows (one list of rows), then one row per
+    # decode step (the sampled last token is never run through the model).
+    hidden_states: list[Any] = field(default_factory=list)
 
     @property
     def prompt_len(self) -> int:

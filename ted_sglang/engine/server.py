@@ -1,8 +1,11 @@
 """SGLang's native HTTP API over the engine (FastAPI).
 
-Routes: ``/generate`` (JSON or server-sent events), ``/model_info`` (and
+Routes: ``/generate`` (JSON or server-sent events), SGLang's OpenAI routes
+(``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: see
+:mod:`ted_sglang.engine.openai_mount`), ``/model_info`` (and
 ``/get_model_info``), ``/server_info`` (and ``/get_server_info``),
-``/flush_cache``, ``/health`` and ``/health_generate``. Every failure answers
+``/flush_cache``, ``/health``, ``/health_generate``, ``/ready``,
+``/start_profile`` and ``/stop_profile``. Every failure answers
 ``{"error": {"message", "type", "param", "code"}}``; framework validation errors
 are 400s, as in SGLang.
 """
@@ -13,10 +16,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,15 +31,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ted_sglang.engine.client_watch import stream_error, wait_finished
 from ted_sglang.engine.config import EngineConfig
-from ted_sglang.engine.protocol import GenerateItem, RequestError, SamplingParams, parse_generate
+from ted_sglang.engine.limits import BodySizeLimit, find_lone_surrogate
+from ted_sglang.engine.profiler import ProfileSettings, parse_profile_request
+from ted_sglang.engine.protocol import (
+    ContractError,
+    GenerateItem,
+    RequestError,
+    SamplingParams,
+    parse_abort,
+    parse_generate,
+)
+from ted_sglang.engine.server_info import ServerInfo
+from ted_sglang.engine.server_info import model_info as build_model_info
+from ted_sglang.engine.streaming import StreamChunks
 
 if TYPE_CHECKING:
     from ted_sglang.engine.engine import Engine
     from ted_sglang.engine.sequence import Sequence
 
 logger = logging.getLogger("ted_sglang.engine")
-SGLANG_API_VERSION = "0.5.23"
 HEALTH_TIMEOUT_S = 20.0
 
 
@@ -70,6 +88,7 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
 
     app = FastAPI(title="ted-sglang reference engine", lifespan=lifespan)
     app.state.engine = eng
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -84,12 +103,16 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
         logger.exception("unhandled error on %s", request.url.path)
         return error_response(f"internal error: {exc}", 500)
 
-    async def run_generate(body: Any) -> Response:
+    async def run_generate(body: Any, request: Request | None = None) -> Response:
+        """Answer a decoded ``/generate`` body; ``request`` (when given) is watched so that a
+        client who leaves has its request aborted."""
         try:
             req = parse_generate(body)
             loop = asyncio.get_running_loop()
             seqs = await loop.run_in_executor(prep_pool, eng.make_sequences, req.items, req.stream)
         except RequestError as exc:
+            if _wants_stream(body) and not isinstance(exc, ContractError):
+                return stream_error(str(exc), exc.status_code, _sse)
             return error_response(str(exc), exc.status_code, exc.err_type)
         events: asyncio.Queue[tuple[int, int, bool]] = asyncio.Queue()
         for index, seq in enumerate(seqs):
@@ -101,88 +124,86 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
                 _stream(eng, seqs, events, batched), media_type="text/event-stream"
             )
         try:
-            remaining = len(seqs)
-            while remaining:
-                _, _, finished = await events.get()
-                remaining -= finished
+            stayed = await wait_finished(events, len(seqs), request and request.receive)
         finally:
             unfinished = [s for s in seqs if not s.is_finished]
             if unfinished:
                 eng.abort(unfinished, "the client went away")
+        if not stayed:
+            return Response(status_code=499)  # nobody reads it
         for seq in seqs:
             reason = seq.finish_reason or {}
-            if reason.get("type") == "abort":
-                return error_response(reason["message"], reason.get("status_code") or 500)
+            if reason.get("type") == "abort" and reason.get("status_code") is not None:
+                status = reason["status_code"]
+                return error_response(reason["message"], status, reason.get("err_type"))
         outs = [eng.outputs.response(seq, eng.outputs.final_text(seq)) for seq in seqs]
         return json_response(outs[0] if req.is_single else outs)
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(f"the request body is not valid JSON: {exc}", 400)
-        return await run_generate(body)
+        body = _decode_json(await request.body())
+        if isinstance(body, Response):
+            return body
+        return await run_generate(body, request)
+
+    info = ServerInfo(config, eng)
+    profile_dir = Path(
+        config.profile_dir or os.environ.get("SGLANG_TORCH_PROFILER_DIR") or tempfile.gettempdir()
+    )
 
     @app.get("/model_info")
     @app.get("/get_model_info")
     async def model_info() -> dict[str, Any]:
-        loaded = eng.loaded
-        config_ = loaded.model.config
-        return {
-            "model_path": loaded.model_path,
-            "served_model_name": loaded.model_path,
-            "tokenizer_path": loaded.model_path,
-            "is_generation": True,
-            "preferred_sampling_params": None,
-            "weight_version": "default",
-            "has_image_understanding": loaded.is_vision,
-            "has_audio_understanding": False,
-            "model_type": getattr(config_, "model_type", None),
-            "architectures": getattr(config_, "architectures", None),
-            "chat_template_name": loaded.chat_template_name,
-            "context_length": loaded.context_length,
-            "image_token": loaded.image_token,
-            "vocab_size": eng.runner.vocab_size,
-            "eos_token_ids": loaded.eos_token_ids,
-        }
+        return build_model_info(eng, info.server_args)
 
     @app.get("/server_info")
     @app.get("/get_server_info")
     async def server_info() -> dict[str, Any]:
-        from ted_sglang import __version__
+        return info.build()
 
-        sched = eng.scheduler
-        return {
-            "model_path": eng.loaded.model_path,
-            "tokenizer_path": eng.loaded.model_path,
-            "host": config.host,
-            "port": config.port,
-            "device": eng.loaded.device,
-            "dtype": str(eng.runner.dtype).removeprefix("torch."),
-            "context_length": eng.loaded.context_length,
-            "max_running_requests": config.max_batch_size,
-            "chunked_prefill_size": config.max_prefill_tokens,
-            "attention_backend": config.attention_backend,
-            "max_total_num_tokens": config.cache_tokens,
-            "random_seed": config.random_seed,
-            "disable_radix_cache": config.cache_tokens == 0,
-            "internal_states": [
-                {
-                    "num_running_reqs": sched.num_active,
-                    "num_waiting_reqs": len(sched.waiting),
-                    "num_steps": eng.num_steps,
-                    "num_failed_steps": eng.num_failed_steps,
-                }
-            ],
-            "cache": eng.cache_info(),
-            "grammar_cache": eng.grammars.info(),
-            "startup_time": eng.start_time,
-            "version": __version__,
-            "sglang_api_version": SGLANG_API_VERSION,
-            "engine": "ted-sglang reference engine",
-        }
+    @app.get("/ready")
+    async def ready() -> Response:
+        return Response(status_code=200 if eng.is_ready else 503)
+
+    @app.api_route("/start_profile", methods=["GET", "POST"])
+    async def start_profile(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return error_response(f"the request body is not valid JSON: {exc}", 400)
+        try:
+            settings = parse_profile_request(body, profile_dir)
+        except RequestError as exc:
+            return error_response(str(exc), exc.status_code, exc.err_type)
+        return await run_profile(settings, "Start profiling.\n")
+
+    @app.api_route("/stop_profile", methods=["GET", "POST"])
+    async def stop_profile() -> Response:
+        return await run_profile(None, "Stop profiling. This will take some time.\n")
+
+    async def run_profile(settings: ProfileSettings | None, done_text: str) -> Response:
+        loop = asyncio.get_running_loop()
+        try:
+            ok, message = await loop.run_in_executor(None, eng.profile, settings)
+        except TimeoutError:
+            return error_response("the engine did not answer the profile request", 503)
+        if not ok:
+            return error_response(message, 400)
+        return PlainTextResponse(done_text)
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request) -> Response:
+        body = _decode_json(await request.body())
+        if isinstance(body, Response):
+            return body
+        try:
+            rid, abort_all, message = parse_abort(body)
+        except RequestError as exc:
+            return error_response(str(exc), exc.status_code, exc.err_type)
+        if rid or abort_all:  # SGLang ignores an empty rid without abort_all
+            eng.abort_requests(rid, abort_all, message)
+        return Response(status_code=200)
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:
@@ -217,7 +238,29 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
         await events.get()
         return (seqs[0].finish_reason or {}).get("type") != "abort"
 
+    # SGLang's /v1 OpenAI routes: serve's OpenAI layer over run_generate, without a bank
+    from ted_sglang.engine.openai_mount import add_openai_routes
+
+    add_openai_routes(app, config, run_generate, model_info)
     return app
+
+
+def _decode_json(raw: bytes) -> Any:
+    """The decoded body, or a 400 response saying why it is not JSON the engine takes."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        return error_response("the request body is nested too deeply", 400)
+    except (ValueError, UnicodeDecodeError) as exc:  # also integers of over 4300 digits
+        return error_response(f"the request body is not valid JSON: {exc}", 400)
+    where = find_lone_surrogate(body)
+    if where is not None:
+        return error_response(f"{where} holds a lone surrogate: not valid Unicode", 400)
+    return body
+
+
+def _wants_stream(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("stream") is True
 
 
 def _notifier(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int):
@@ -250,8 +293,12 @@ def _sse(obj: Any) -> bytes:
 async def _stream(
     eng: Engine, seqs: list[Sequence], events: asyncio.Queue, batched: bool
 ) -> AsyncIterator[bytes]:
-    """Server-sent events with cumulative text per sequence, then ``data: [DONE]``."""
-    sent = [""] * len(seqs)
+    """Server-sent events per sequence (see ``streaming``), then ``data: [DONE]``."""
+    config = eng.config
+    chunks = [
+        StreamChunks(eng.outputs, s, config.incremental_streaming_output, config.stream_interval)
+        for s in seqs
+    ]
     done: set[int] = set()
     try:
         while len(done) < len(seqs):
@@ -266,23 +313,13 @@ async def _stream(
             for index, num_tokens, finished in latest.values():
                 if index in done:
                     continue
-                seq = seqs[index]
-                if finished:
+                if finished:  # an abort too: SGLang streams its finish_reason, then [DONE]
                     done.add(index)
-                    reason = seq.finish_reason or {}
-                    if reason.get("type") == "abort":
-                        status = reason.get("status_code") or 500
-                        err = {"message": reason["message"], "type": "abort", "code": status}
-                        yield _sse({"error": err})
-                        continue
-                    text = eng.outputs.final_text(seq)
-                    num_tokens = seq.num_output_tokens
+                    chunk = chunks[index].final()
                 else:
-                    text = eng.outputs.partial_text(seq, num_tokens)
-                    if text == sent[index]:
+                    chunk = chunks[index].partial(num_tokens)
+                    if chunk is None:
                         continue
-                sent[index] = text
-                chunk = eng.outputs.response(seq, text, num_tokens)
                 if batched:
                     chunk["index"] = index
                 yield _sse(chunk)

@@ -1,8 +1,12 @@
 """The OpenAI-compatible server: ``create_app(settings)``.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``POST /v1/feedback``, ``GET /health``, ``GET /metrics``, and, when an admin token is
-set, ``POST /admin/reload`` and ``GET /admin/bank``.  Every failure answers
+``GET /v1/models/{id}`` (the OpenAI layer of :mod:`ted_sglang.serve.openai_routes`),
+``POST /v1/feedback``, ``GET /health``, ``GET /metrics``, ``GET /openapi.json``, and,
+when an admin token is set, ``POST /admin/reload`` and ``GET /admin/bank``.  Every route
+authenticates before it looks at the body.  With an API key set, ``/metrics`` and
+``/openapi.json`` (which name the endpoints) need it or the admin token, unless
+``public_metrics``; ``/health`` stays open for probes.  Every failure answers
 ``{"error": {"message", "type", "param", "code"}}``; validation errors are 400s.
 Each response says which bank version it was served with: the ``x-ted-bank-version``
 header and ``system_fingerprint: "ted-bank-v<N>"``.
@@ -19,37 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ted_sglang.serve.backend import Endpoint
-from ted_sglang.serve.bank_state import BankVersion
 from ted_sglang.serve.context import ServeContext
 from ted_sglang.serve.errors import ServeError, error_body, validation_message
+from ted_sglang.serve.http_edge import read_json, require_key, validate
 from ted_sglang.serve.metrics import CONTENT_TYPE, MetricsMiddleware
-from ted_sglang.serve.openai_protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    FeedbackRequest,
-)
-from ted_sglang.serve.responses import (
-    JSONResponse,
-    Kind,
-    ResponseHead,
-    as_list,
-    completion_body,
-    event_stream,
-)
-from ted_sglang.serve.sampling import check_chat, check_completion, sampling_params
+from ted_sglang.serve.openai_protocol import FeedbackRequest
+from ted_sglang.serve.openai_routes import openai_router
+from ted_sglang.serve.responses import JSONResponse
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.usage_log import AlreadyRated, UnknownRequest
 
@@ -87,129 +77,28 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await ctx.stop()
 
-    app = FastAPI(title="ted-sglang serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="ted-sglang serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.ctx = ctx
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics, routes=ROUTES)
     _add_error_handlers(app)
+    app.include_router(openai_router(ctx.openai), prefix="/v1")
 
-    def check_key(request: Request, key: str | None, what: str) -> None:
-        if key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), key):
-            raise ServeError(
-                f"a valid {what} is needed: send 'Authorization: Bearer <{what}>'",
-                401,
-                code="invalid_api_key",
-            )
-
-    def head(kind: Kind, bank: BankVersion | None, n: int) -> ResponseHead:
-        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        fingerprint = f"ted-bank-v{bank.version}" if bank is not None else "ted-no-bank"
-        return ResponseHead(rid, int(time.time()), ctx.model_name, fingerprint, kind, n)
-
-    def headers(rid: str, bank: BankVersion | None) -> dict[str, str]:
-        version = str(bank.version) if bank is not None else "none"
-        return {"x-ted-bank-version": version, "x-request-id": rid}
-
-    def served(rid: str, bank: BankVersion | None, metas: list[dict[str, Any]], n: int) -> None:
-        firsts = metas[::n]
-        ctx.metrics.add_tokens(
-            sum(m.get("prompt_tokens", 0) for m in firsts),
-            sum(m.get("completion_tokens", 0) for m in metas),
-            sum(m.get("cached_tokens", 0) or 0 for m in firsts),
-        )
-        if bank is not None:
-            ctx.usage.record_request(rid, bank)
-
-    async def run(
-        body: dict[str, Any],
-        h: ResponseHead,
-        bank: BankVersion | None,
-        num_choices: int,
-        stream: bool,
-        include_usage: bool,
-        prompt_text: str | list[str],
-    ) -> Response:
-        assert ctx.backend is not None
-        if stream:
-            engine_stream = await ctx.backend.stream(body)
-            chunks = event_stream(
-                h, engine_stream, num_choices, include_usage,
-                on_done=lambda metas: served(h.id, bank, metas, h.n),
-            )  # fmt: skip
-            return StreamingResponse(
-                chunks, media_type="text/event-stream", headers=headers(h.id, bank)
-            )
-        results = as_list(await ctx.backend.generate(body))
-        if len(results) != num_choices:
-            raise ServeError(f"the engine returned {len(results)} results, not {num_choices}", 502)
-        response = completion_body(h, results)
-        served(h.id, bank, [r["meta_info"] for r in results], h.n)
-        if settings.echo_prompt:
-            response["ted"] = {"bank_version": bank and bank.version, "prompt": prompt_text}
-        return JSONResponse(response, headers=headers(h.id, bank))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
-        check_key(request, settings.api_key, "API key")
-        check_chat(req)
-        assert ctx.bank is not None and ctx.chat is not None
-        bank = ctx.bank.current if req.use_bank else None
-        prompt = ctx.chat.prompt(
-            req.messages,
-            bank.system_prompt if bank else None,
-            bank.prefix if bank else None,
-        )
-        body: dict[str, Any] = {
-            "text": prompt.text,
-            "sampling_params": sampling_params(req, ctx.chat.stop),
-        }
-        if prompt.image_data is not None:
-            body["image_data"] = prompt.image_data
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        h = head("chat", bank, req.n)
-        return await run(body, h, bank, req.n, req.stream, include_usage, prompt.text)
-
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request) -> Response:
-        check_key(request, settings.api_key, "API key")
-        check_completion(req)
-        assert ctx.bank is not None
-        bank = ctx.bank.current if req.use_bank else None
-        prefix = bank.prefix if bank is not None else ""
-        if isinstance(req.prompt, str):
-            text: str | list[str] = prefix + req.prompt
-            num_prompts = 1
-        else:
-            text = [prefix + p for p in req.prompt]
-            num_prompts = len(text)
-        body = {"text": text, "sampling_params": sampling_params(req)}
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        h = head("text", bank, req.n)
-        return await run(body, h, bank, num_prompts * req.n, req.stream, include_usage, text)
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
-        check_key(request, settings.api_key, "API key")
-        model = {
-            "id": ctx.model_name,
-            "object": "model",
-            "created": int(ctx.metrics.started_at),
-            "owned_by": "ted-sglang",
-            "root": ctx.model_info.get("model_path"),
-        }
-        return JSONResponse({"object": "list", "data": [model]})
+    api_keys = (settings.api_key,) if settings.api_key else ()
+    # /metrics and /openapi.json: open as /v1 is, or the API key or the admin token
+    info_keys = api_keys + _admin(settings) if api_keys and not settings.public_metrics else ()
 
     @app.post("/v1/feedback")
-    async def feedback(req: FeedbackRequest, request: Request) -> Response:
-        check_key(request, settings.api_key, "API key")
+    async def feedback(request: Request) -> Response:
+        require_key(request, api_keys, "API key")
+        req = validate(FeedbackRequest, await read_json(request, settings.max_body_bytes))
         try:
             item = ctx.usage.record_feedback(req.request_id, req.correct)
         except UnknownRequest:
             raise ServeError(
-                f"unknown request id {req.request_id!r} (not served with a bank here, or "
-                f"older than the last {settings.max_tracked_requests} requests)",
+                f"unknown request id {req.request_id[:200]!r} (not served with a bank here, "
+                f"or older than the last {settings.max_tracked_requests} requests)",
                 404,
                 param="request_id",
             ) from None
@@ -236,20 +125,30 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        require_key(request, info_keys, "API key")
         return PlainTextResponse(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        require_key(request, info_keys, "API key")
+        return JSONResponse(app.openapi())
+
     if settings.admin_token is not None:
-        _add_admin_routes(app, ctx, check_key)
+        _add_admin_routes(app, ctx)
     return app
 
 
-def _add_admin_routes(app: FastAPI, ctx: ServeContext, check_key: Any) -> None:
-    token = ctx.settings.admin_token
+def _admin(settings: ServeSettings) -> tuple[str, ...]:
+    return (settings.admin_token,) if settings.admin_token else ()
+
+
+def _add_admin_routes(app: FastAPI, ctx: ServeContext) -> None:
+    tokens = _admin(ctx.settings)
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:
-        check_key(request, token, "admin token")
+        require_key(request, tokens, "admin token")
         assert ctx.bank is not None
         result = await asyncio.to_thread(ctx.bank.reload)
         if result.outcome == "failed":
@@ -265,7 +164,7 @@ def _add_admin_routes(app: FastAPI, ctx: ServeContext, check_key: Any) -> None:
 
     @app.get("/admin/bank")
     async def admin_bank(request: Request) -> Response:
-        check_key(request, token, "admin token")
+        require_key(request, tokens, "admin token")
         assert ctx.bank is not None and ctx.backend is not None and ctx.chat is not None
         bank = ctx.bank.current
         usage = ctx.usage

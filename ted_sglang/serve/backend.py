@@ -85,13 +85,14 @@ class Backend:
 
     # ---- requests -----------------------------------------------------------------
 
-    async def generate(self, body: dict[str, Any]) -> Any:
-        """POST ``/generate`` (not streaming) and return its decoded JSON."""
+    async def generate(self, body: dict[str, Any], client: Any = None) -> Any:
+        """POST ``/generate`` (not streaming) and return its decoded JSON (``client``, the
+        caller's request, is not used: a remote engine sees this connection only)."""
         endpoint, response = await self._send(orjson.dumps(body), stream=False)
         endpoint.outstanding -= 1
         return orjson.loads(response.content)
 
-    async def stream(self, body: dict[str, Any]) -> EngineStream:
+    async def stream(self, body: dict[str, Any], client: Any = None) -> EngineStream:
         """POST ``/generate`` with ``stream: true``; returns once the endpoint answered
         200 (an error status raises :class:`ServeError` before any event is read)."""
         endpoint, response = await self._send(orjson.dumps({**body, "stream": True}), stream=True)
@@ -150,6 +151,26 @@ class Backend:
                 raise ValueError(f"no SGLang endpoint answered /get_model_info: {problems}")
             await asyncio.sleep(0.5)
 
+    async def context_length(self, info: dict[str, Any]) -> int | None:
+        """The model's context length: ``context_length`` of ``/model_info`` (the
+        reference engine), else ``max_model_len`` of ``/v1/models`` (SGLang), else
+        ``context_length`` of ``/server_info``; None when no endpoint says."""
+        if _positive_int(info.get("context_length")):
+            return int(info["context_length"])
+        for endpoint in self.endpoints:
+            for route, read in (
+                ("/v1/models", lambda d: (d.get("data") or [{}])[0].get("max_model_len")),
+                ("/server_info", lambda d: d.get("context_length")),
+            ):
+                try:
+                    response = await self.client.get(endpoint.url + route, timeout=10.0)
+                    value = read(response.json()) if response.status_code == 200 else None
+                except (httpx.HTTPError, ValueError, AttributeError, IndexError):
+                    continue
+                if _positive_int(value):
+                    return int(value)
+        return None
+
     async def health(self) -> dict[str, bool]:
         """Each endpoint's ``/health`` (True when it answers 200)."""
 
@@ -206,14 +227,9 @@ class EngineStream:
             async for line in self.response.aiter_lines():
                 if not line.startswith("data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+                event = parse_event(line[5:], self.endpoint)
+                if event is None:
                     return
-                event = orjson.loads(data)
-                if isinstance(event, dict) and "error" in event:
-                    code = event["error"].get("code") if isinstance(event["error"], dict) else None
-                    status = code if isinstance(code, int) and code >= 400 else 500
-                    raise _error_from_body(self.endpoint, status, event)
                 yield event
         except httpx.HTTPError as exc:
             raise _failure(self.endpoint, exc) from None
@@ -223,6 +239,30 @@ class EngineStream:
             self._closed = True
             self.endpoint.outstanding -= 1
             await self.response.aclose()
+
+
+def parse_event(data: str | bytes, endpoint: Endpoint | None = None) -> dict[str, Any] | None:
+    """One ``data:`` payload of an engine stream (None for ``[DONE]``); an error event
+    raises :class:`ServeError`."""
+    data = data.strip()
+    if data in ("[DONE]", b"[DONE]"):
+        return None
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        problem = f"the engine sent an event that is not JSON: {data[:200]!r}"
+        raise ServeError(problem, 502) from None
+    if isinstance(event, dict) and "error" in event:
+        code = event["error"].get("code") if isinstance(event["error"], dict) else None
+        status = code if isinstance(code, int) and code >= 400 else 500
+        raise error_from_body(endpoint, status, event)
+    if not isinstance(event, dict):
+        raise ServeError(f"the engine sent an event that is not an object: {data[:200]!r}", 502)
+    return event
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _failure(endpoint: Endpoint, exc: Exception) -> ServeError:
@@ -237,11 +277,12 @@ def _http_error(endpoint: Endpoint, status: int, content: bytes) -> ServeError:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
         body = content.decode("utf-8", "replace")[:500]
-    return _error_from_body(endpoint, status, body)
+    return error_from_body(endpoint, status, body)
 
 
-def _error_from_body(endpoint: Endpoint, status: int, body: Any) -> ServeError:
-    """A client error of the endpoint stays a 400 with its message; anything else is a 502."""
+def error_from_body(endpoint: Endpoint | None, status: int, body: Any) -> ServeError:
+    """A client error of the engine stays a 4xx with its message; anything else is a 502
+    from a remote ``endpoint`` (a 500 from the engine in this process: ``None``)."""
     message = body
     if isinstance(body, dict):
         err = body.get("error")
@@ -249,5 +290,7 @@ def _error_from_body(endpoint: Endpoint, status: int, body: Any) -> ServeError:
     message = str(message or body)
     if 400 <= status < 500 and status not in (404, 405):
         return ServeError(message, 400 if status == 422 else status)
+    if endpoint is None:
+        return ServeError(f"the engine failed ({status}): {message}", 500)
     endpoint.failures += 1
     return ServeError(f"the SGLang endpoint {endpoint.url} failed ({status}): {message}", 502)

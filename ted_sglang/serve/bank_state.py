@@ -4,9 +4,11 @@ A request reads :attr:`BankState.current` once, at its start, and keeps that
 :class:`BankVersion` (its prompt prefix, its ids) to the end, so a swap never changes a
 request in flight.  The prefix is rendered once per version.  The file is polled (its
 mtime, size and inode, every ``poll_interval_s``); a new file is loaded and validated
-off the event loop and swapped in with one assignment.  A file that does not load (torn
-write, corrupt, missing) is refused with a log line and the old version keeps serving;
-a rewrite with the same version and the same rendering (e.g. only usage statistics
+off the event loop, checked the way it will be used (``check``: rendered and tokenized
+against the model's context, see :mod:`ted_sglang.serve.bank_check`) and swapped in with
+one assignment.  A file that does not load (torn write, corrupt, missing) or a version
+that cannot be served is refused with a log line and the old version keeps serving; a
+rewrite with the same version and the same rendering (e.g. only usage statistics
 changed) is not a swap.
 """
 
@@ -48,10 +50,15 @@ def file_signature(path: Path) -> FileSignature | None:
     return FileSignature(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
+class BankRefused(ValueError):
+    """A bank version that loads but cannot be served (see :mod:`.bank_check`)."""
+
+
 @dataclass(frozen=True)
 class BankVersion:
     """One loaded bank version, as served: ``prefix`` is the bank's system turn, the
-    first bytes of every chat prompt of this version."""
+    first bytes of every chat prompt of this version; ``prefix_tokens`` its length in
+    the model's tokens (None until checked)."""
 
     version: int
     ids: tuple[str, ...]
@@ -60,6 +67,7 @@ class BankVersion:
     student_model: str | None
     signature: FileSignature | None
     loaded_at: float
+    prefix_tokens: int | None = None
 
     @property
     def num_entries(self) -> int:
@@ -77,14 +85,22 @@ class ReloadResult:
 class BankState:
     """Holds the served :class:`BankVersion` of the bank file at ``path``.
 
-    ``make_prefix`` turns the student's system prompt into the formatted system turn.
-    Counters: ``swaps`` (versions swapped in after the first), ``swap_failures`` (files
-    refused; a broken file the watcher sees is counted once).
+    ``make_prefix`` turns the student's system prompt into the formatted system turn;
+    ``check`` returns a version's prefix length in tokens or raises :class:`BankRefused`
+    (it runs in the calling thread: off the event loop).  Counters: ``swaps`` (versions
+    swapped in after the first), ``swap_failures`` (files refused; a broken file the
+    watcher sees is counted once).
     """
 
-    def __init__(self, path: Path, make_prefix: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        make_prefix: Callable[[str], str],
+        check: Callable[[BankVersion], int | None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.make_prefix = make_prefix
+        self.check = check
         self.swaps = 0
         self.swap_failures = 0
         self.last_error: str | None = None
@@ -99,9 +115,10 @@ class BankState:
         return self._current
 
     def load(self) -> BankVersion:
-        """Load the file for the first time; raises :class:`BankFileError` if it is bad."""
+        """Load the file for the first time; raises :class:`BankFileError` if it is bad,
+        :class:`BankRefused` if it cannot be served."""
         with self._lock:
-            self._current = self._read()
+            self._current = self._checked(self._read())
             return self._current
 
     def reload(self, *, from_watcher: bool = False) -> ReloadResult:
@@ -110,12 +127,14 @@ class BankState:
             old = self.current
             try:
                 new = self._read()
-            except BankFileError as exc:
+                if new.version == old.version and new.system_prompt == old.system_prompt:
+                    self._failed_signature, self._failed_tries = None, 0
+                    self._current = replace(old, signature=new.signature)
+                    return ReloadResult("unchanged", old.version, old.version)
+                new = self._checked(new)
+            except (BankFileError, BankRefused) as exc:
                 return self._refuse(exc, from_watcher)
             self._failed_signature, self._failed_tries = None, 0
-            if new.version == old.version and new.system_prompt == old.system_prompt:
-                self._current = replace(old, signature=new.signature)
-                return ReloadResult("unchanged", old.version, old.version)
             self._current = new
             self.swaps += 1
             logger.info(
@@ -156,7 +175,16 @@ class BankState:
             loaded_at=time.time(),
         )
 
-    def _refuse(self, exc: BankFileError, from_watcher: bool) -> ReloadResult:
+    def _checked(self, version: BankVersion) -> BankVersion:
+        if self.check is None:
+            return version
+        try:
+            tokens = self.check(version)
+        except BankRefused as exc:
+            raise BankRefused(f"{self.path}: version {version.version}: {exc}") from None
+        return replace(version, prefix_tokens=tokens)
+
+    def _refuse(self, exc: ValueError, from_watcher: bool) -> ReloadResult:
         signature = file_signature(self.path)
         old = self.current.version
         self.last_error = str(exc)

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ted_sglang.serve.settings import ADMIN_TOKEN_ENV, API_KEY_ENV, DEFAULT_PORT
+from ted_sglang.serve.settings import (
+    ADMIN_TOKEN_ENV,
+    API_KEY_ENV,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_RESERVE_TOKENS,
+)
 
 if TYPE_CHECKING:
     from ted_sglang.engine.launcher import LaunchedEngine
@@ -23,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="OpenAI-compatible /v1/chat/completions and /v1/completions over any "
         "SGLang-API endpoint, with the bank as the system prompt (hot-swapped when the file "
         f"changes). {ADMIN_TOKEN_ENV} turns the /admin routes on; {API_KEY_ENV} makes the "
-        "/v1 routes require 'Authorization: Bearer <key>'.",
+        "/v1 routes require 'Authorization: Bearer <key>', and /metrics and /openapi.json "
+        "too (or the admin token) unless --public-metrics.",
     )
     parser.add_argument("--bank", required=True, type=Path, help="bank file to serve")
     parser.add_argument(
@@ -58,6 +66,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
+    parser.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help=f"/metrics and /openapi.json without a key even when {API_KEY_ENV} is set",
+    )
+    parser.add_argument(
+        "--accept-any-model",
+        action="store_true",
+        help="serve requests that name another model (default: 404 model_not_found)",
+    )
+    parser.add_argument(
+        "--allow-auto-truncate",
+        action="store_true",
+        help="fit a max_tokens beyond the context to the room left (default: 400, as SGLang); "
+        "a launched engine gets the flag too",
+    )
+    parser.add_argument(
+        "--bank-reserve-tokens",
+        type=int,
+        default=DEFAULT_RESERVE_TOKENS,
+        metavar="N",
+        help="context tokens a bank version must leave for the conversation, or it is "
+        f"refused (default {DEFAULT_RESERVE_TOKENS})",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
     parser.set_defaults(func=run)
 
     usage = subparsers.add_parser(
@@ -89,14 +128,26 @@ def run(args: argparse.Namespace) -> int:
     endpoints = list(args.endpoint)
     try:
         if not endpoints:
-            server = _launch_default(args.model)
+            server = _launch_default(args.model, args.allow_auto_truncate)
             endpoints = [server.url]
         settings = _settings(args, endpoints)
+        asyncio.run(_check_start(settings))  # a bank it cannot serve: a clear error, exit 2
         serve(settings)
     finally:
         if server is not None:
             server.close()
     return 0
+
+
+async def _check_start(settings: ServeSettings) -> None:
+    """Connect and check the bank as the server will, before it binds its port."""
+    from ted_sglang.serve.context import ServeContext
+
+    ctx = ServeContext(settings)
+    try:
+        await ctx.connect()
+    finally:
+        await ctx.stop()
 
 
 def serve(settings: ServeSettings) -> None:
@@ -129,17 +180,23 @@ def _settings(args: argparse.Namespace, endpoints: list[str]) -> ServeSettings:
         poll_interval_s=args.poll_interval,
         echo_prompt=args.echo_prompt,
         log_level=args.log_level,
+        public_metrics=args.public_metrics,
+        accept_any_model=args.accept_any_model,
+        allow_auto_truncate=args.allow_auto_truncate,
+        bank_reserve_tokens=args.bank_reserve_tokens,
+        max_body_bytes=args.max_body_bytes,
     )
 
 
-def _launch_default(model: str | None) -> LaunchedEngine:
+def _launch_default(model: str | None, allow_auto_truncate: bool = False) -> LaunchedEngine:
     """The embedded default server (SGLang on a GPU, else the reference engine)."""
     from ted_sglang import runtime
 
     kind = "sglang" if runtime.has_cuda() and runtime.sglang_server_available() else "engine"
     model = model or runtime.DEFAULT_MODEL
     print(f"launching the {kind} on {model} ...", file=sys.stderr)
-    return runtime.launch(kind, model)
+    extra = ("--allow-auto-truncate",) if allow_auto_truncate else ()
+    return runtime.launch(kind, model, extra_args=extra)
 
 
 def run_usage(args: argparse.Namespace) -> int:
@@ -156,9 +213,11 @@ def run_usage(args: argparse.Namespace) -> int:
     if not args.apply:
         print(json.dumps(usage, indent=1))
         return 0
-    bank = ExperienceBank.load(args.bank)
-    added = apply_usage(bank, usage)
-    if added:
-        bank.save(args.bank)
-    print(f"added {added} counts to {args.bank} (version {bank.version})")
+
+    def fold(bank: ExperienceBank) -> tuple[int, int]:
+        return apply_usage(bank, usage), bank.version
+
+    # Read, fold and write under the bank's lock: a concurrent writer (distill) loses nothing.
+    added, version = ExperienceBank.update_file(args.bank, fold)
+    print(f"added {added} counts to {args.bank} (version {version})")
     return 0

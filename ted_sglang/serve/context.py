@@ -1,5 +1,5 @@
-"""What the routes share: settings, endpoints, chat format, bank state, usage, metrics;
-started and stopped with the app."""
+"""What the routes share: settings, endpoints, chat format, bank state, usage, metrics,
+the OpenAI layer's service; started and stopped with the app."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ted_sglang.serve.backend import Backend
-from ted_sglang.serve.bank_state import BankState
+from ted_sglang.serve.bank_check import BankCheck
+from ted_sglang.serve.bank_state import BankState, BankVersion
 from ted_sglang.serve.chat_format import ChatFormat
 from ted_sglang.serve.metrics import Gauge, Metrics
+from ted_sglang.serve.openai_routes import OpenAIOptions, OpenAIService, ServedModel
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.usage_log import UsageLog, write_atomic
 
@@ -34,27 +36,81 @@ class ServeContext:
         self.chat: ChatFormat | None = None
         self.model_info: dict[str, Any] = {}
         self.model_name = settings.served_model_name or ""
+        self.context_length: int | None = None
+        self.startup_error: str | None = None
+        options = OpenAIOptions(
+            api_keys=(settings.api_key,) if settings.api_key else (),
+            accept_any_model=settings.accept_any_model,
+            allow_auto_truncate=settings.allow_auto_truncate,
+            echo_prompt=settings.echo_prompt,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.openai = OpenAIService(options, bank=self.current_bank, on_served=self.record)
+
+    def current_bank(self) -> BankVersion:
+        assert self.bank is not None
+        return self.bank.current
 
     async def start(self) -> None:
         """Ask the endpoints for their model, pick the chat template the TED programs
-        use for it, load the bank (a bad file stops the start) and the usage file."""
-        from ted_sglang.runtime import pick_chat_template
-
+        use for it, load and check the bank (a bank that cannot be served stops the
+        start: ``startup_error`` says why) and the usage file."""
+        try:
+            version = await self.connect()
+        except ValueError as exc:  # BankFileError, BankRefused, no endpoint
+            self.startup_error = str(exc)
+            logger.error("cannot serve: %s", exc)
+            await self.stop()
+            raise
         s = self.settings
-        self.backend = Backend(s.endpoints, s.request_timeout_s, s.max_connections)
-        self.model_info = await self.backend.model_info(wait_s=STARTUP_WAIT_S)
-        self.model_name = s.served_model_name or self.model_info["model_path"]
-        template = await asyncio.to_thread(pick_chat_template, self.model_info, s.chat_template)
-        self.chat = ChatFormat(template)
-        self.bank = BankState(s.bank_path, self.chat.system_block)
-        version = await asyncio.to_thread(self.bank.load)
         self.usage.load()
+        assert self.chat is not None and self.backend is not None
+        self.openai.model = ServedModel(
+            self.backend,
+            self.chat,
+            self.model_name,
+            self.model_info.get("model_path"),
+            self.context_length,
+            int(self.metrics.started_at),
+        )
+        template = self.chat.name
         logger.info(
             "serving bank %s version %d (%d entries, distilled for %s) on %s with chat "
             "template %s via %s",
             s.bank_path, version.version, version.num_entries, version.student_model,
             self.model_name, template, ", ".join(s.endpoints),
         )  # fmt: skip
+
+    async def connect(self) -> BankVersion:
+        """The endpoints' model, chat template and context length, and the first bank
+        version, loaded and checked against them."""
+        from ted_sglang.runtime import pick_chat_template
+
+        s = self.settings
+        self.backend = Backend(s.endpoints, s.request_timeout_s, s.max_connections)
+        self.model_info = await self.backend.model_info(wait_s=STARTUP_WAIT_S)
+        self.model_name = s.served_model_name or self.model_info["model_path"]
+        self.context_length = await self.backend.context_length(self.model_info)
+        template = await asyncio.to_thread(pick_chat_template, self.model_info, s.chat_template)
+        self.chat = ChatFormat(template)
+        check = BankCheck(
+            s.endpoints, self.context_length, s.bank_reserve_tokens, s.request_timeout_s
+        )
+        self.bank = BankState(s.bank_path, self.chat.system_block, check)
+        return await asyncio.to_thread(self.bank.load)
+
+    def record(
+        self, rid: str, bank: BankVersion | None, metas: list[dict[str, Any]], n: int
+    ) -> None:
+        """Count a served request's tokens, and the experiences it was shown."""
+        firsts = metas[::n]
+        self.metrics.add_tokens(
+            sum(m.get("prompt_tokens", 0) for m in firsts),
+            sum(m.get("completion_tokens", 0) for m in metas),
+            sum(m.get("cached_tokens", 0) or 0 for m in firsts),
+        )
+        if bank is not None:
+            self.usage.record_request(rid, bank)
 
     async def stop(self) -> None:
         if self.usage.dirty:

@@ -5,25 +5,38 @@ OpenAI server accepts beyond OpenAI's (``top_k``, ``min_p``, ``repetition_penalt
 ``min_tokens``, ``ignore_eos``, ``regex``, ``stop_token_ids``...) are accepted too.
 ``use_bank: false`` sends a request without the experience bank (e.g. to compare).
 Unknown fields are ignored, as OpenAI-compatible servers do.
+
+Every number a client controls is bounded here, so what is forwarded to the engine
+always encodes (no integer beyond 64 bits, no token id beyond 32 bits).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_N = 64
 MAX_STOP = 32
+MAX_STOP_CHARS = 4096  # per stop string: the engine matches it at every token
+MAX_PROMPTS = 256  # prompts of one text completion request
+MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGIT_BIAS = 1024
+MAX_TOP_LOGPROBS = 20  # chat ``top_logprobs``, as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # text completions' ``logprobs``, as OpenAI
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 # Shared field definitions (one place for each bound).
-_max_tokens = Field(None, ge=0, description="tokens to generate at most")
+_max_tokens = Field(None, ge=0, le=INT64_MAX, description="tokens to generate at most")
 _temperature = Field(None, ge=0.0, le=2.0)
 _top_p = Field(None, gt=0.0, le=1.0)
 _n = Field(1, ge=1, le=MAX_N)
 _penalty = Field(None, ge=-2.0, le=2.0)
 _stop = Field(None, description="a string or up to 32 strings")
-_seed = Field(None, description="sampling seed (reproducible sampling)")
+_seed = Field(None, ge=INT64_MIN, le=INT64_MAX, description="sampling seed (reproducible)")
 
 
 class _Body(BaseModel):
@@ -77,16 +90,16 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = _penalty
     frequency_penalty: float | None = _penalty
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
     user: str | None = None
     # SGLang extensions
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     regex: str | None = None
     use_bank: bool = True
 
@@ -96,7 +109,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = _max_tokens
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
@@ -106,8 +119,8 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(..., description="a prompt or a list of prompts")
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
 
 
 class FeedbackRequest(_Body):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import orjson
 
 from ted_sglang.serve.errors import ServeError
 from ted_sglang.serve.openai_protocol import (
+    INT32_MAX,
+    MAX_PROMPTS,
     MAX_STOP,
+    MAX_STOP_CHARS,
     ChatCompletionRequest,
     CompletionRequest,
     ResponseFormat,
@@ -15,6 +21,7 @@ from ted_sglang.serve.openai_protocol import (
 
 # What ``{"type": "json_object"}`` constrains to (as SGLang's own OpenAI server does).
 JSON_OBJECT_SCHEMA = json.dumps({"type": "object"})
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 def sampling_params(
@@ -63,8 +70,8 @@ def check_chat(req: ChatCompletionRequest) -> None:
     """Refuse chat features this server does not have, saying so."""
     if req.tools or req.functions:
         raise ServeError("tools and functions are not supported by this server", param="tools")
-    if req.logprobs or req.top_logprobs:
-        raise ServeError("logprobs are not supported by this server", param="logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ServeError("top_logprobs needs logprobs: true", param="top_logprobs")
 
 
 def check_completion(req: CompletionRequest) -> None:
@@ -72,13 +79,13 @@ def check_completion(req: CompletionRequest) -> None:
         raise ServeError("echo is not supported by this server", param="echo")
     if req.suffix:
         raise ServeError("suffix is not supported by this server", param="suffix")
-    if req.logprobs:
-        raise ServeError("logprobs are not supported by this server", param="logprobs")
     if req.best_of not in (None, 1, req.n):
         raise ServeError("best_of is not supported by this server", param="best_of")
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts or any(not isinstance(p, str) for p in prompts):
         raise ServeError("prompt must be a string or a non-empty list of strings", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise ServeError(f"at most {MAX_PROMPTS} prompts per request", param="prompt")
 
 
 def json_schema_text(fmt: ResponseFormat) -> str | None:
@@ -92,7 +99,12 @@ def json_schema_text(fmt: ResponseFormat) -> str | None:
             'response_format {"type": "json_schema"} needs json_schema.schema',
             param="response_format.json_schema.schema",
         )
-    return json.dumps(fmt.json_schema.schema_)
+    try:
+        return orjson.dumps(fmt.json_schema.schema_).decode()
+    except orjson.JSONEncodeError as exc:  # nested past orjson's depth limit
+        raise ServeError(
+            f"the schema cannot be used: {exc}", param="response_format.json_schema.schema"
+        ) from None
 
 
 def _stops(stop: str | list[str] | None, limit: int) -> list[str]:
@@ -101,12 +113,14 @@ def _stops(stop: str | list[str] | None, limit: int) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     if len(stops) > limit:
         raise ServeError(f"at most {limit} stop strings are allowed", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ServeError(f"stop strings may have {MAX_STOP_CHARS} characters at most", param="stop")
     return [s for s in stops if s]
 
 
 def _logit_bias(bias: dict[str, float]) -> dict[str, float]:
     for key, value in bias.items():
-        if not key.lstrip("-").isdigit():
+        if not _TOKEN_ID.fullmatch(key) or int(key) > INT32_MAX:
             raise ServeError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
         if not -100.0 <= value <= 100.0:
             raise ServeError("logit_bias values must be in [-100, 100]", param="logit_bias")

@@ -12,6 +12,8 @@ ADMIN_TOKEN_ENV = "TED_ADMIN_TOKEN"
 API_KEY_ENV = "TED_API_KEY"
 DEFAULT_PORT = 8000
 DEFAULT_EMBEDDED_MODEL = "smollm2-135m"
+DEFAULT_RESERVE_TOKENS = 1024  # context a bank must leave for a question and an answer
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # as the engine's: room for an inline image
 
 
 @dataclass
@@ -23,9 +25,15 @@ class ServeSettings:
     ``chat_template``: an SGLang frontend chat template name (``chatml``, ``qwen2-vl``...)
     that overrides the one chosen from the endpoint's model.  ``admin_token`` turns the
     ``/admin`` routes on; ``api_key`` makes the ``/v1`` routes require
-    ``Authorization: Bearer <api_key>``.  ``usage_path``: the sidecar file where served
-    counts and feedback are kept (default ``<bank>.usage.json``).  ``echo_prompt`` adds
-    the prompt text sent to the engine to each non-streaming response (debugging only).
+    ``Authorization: Bearer <api_key>``, and then ``/metrics`` and ``/openapi.json`` too
+    (the API key or the admin token) unless ``public_metrics``.  ``usage_path``: the
+    sidecar file where served counts and feedback are kept (default
+    ``<bank>.usage.json``).  ``echo_prompt`` adds the prompt text sent to the engine to
+    each non-streaming response (debugging only).  ``accept_any_model``: serve requests
+    that name another model (default: 404 ``model_not_found``, as OpenAI).
+    ``allow_auto_truncate``: fit a ``max_tokens`` beyond the context to the room left
+    (default: 400, as SGLang).  ``bank_reserve_tokens``: context tokens a bank version
+    must leave for the conversation, or it is refused.
     """
 
     bank_path: Path
@@ -44,6 +52,11 @@ class ServeSettings:
     max_connections: int = 512
     echo_prompt: bool = False
     log_level: str = "info"
+    public_metrics: bool = False
+    accept_any_model: bool = False
+    allow_auto_truncate: bool = False
+    bank_reserve_tokens: int = DEFAULT_RESERVE_TOKENS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         self.bank_path = Path(self.bank_path)
@@ -62,6 +75,10 @@ class ServeSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_tracked_requests < 1 or self.max_connections < 1:
             raise ValueError("max_tracked_requests and max_connections must be at least 1")
+        if self.bank_reserve_tokens < 0:
+            raise ValueError(f"bank_reserve_tokens must be >= 0, got {self.bank_reserve_tokens}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         for name in ("admin_token", "api_key"):
             if getattr(self, name) == "":
                 setattr(self, name, None)

@@ -6,6 +6,7 @@ with ServeThread(settings) as url:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -36,7 +37,11 @@ class ServeThread:
         self.server = uvicorn.Server(config)
         self.url = f"http://{settings.host}:{settings.port}"
         self.startup_timeout_s = startup_timeout_s
-        self._thread = threading.Thread(target=self.server.run, name="ted-serve", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ted-serve", daemon=True)
+
+    def _run(self) -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn's answer to a failed startup
+            self.server.run()
 
     def start(self) -> str:
         """Start serving; returns the base URL once the app has started (raises
@@ -45,7 +50,8 @@ class ServeThread:
         deadline = time.monotonic() + self.startup_timeout_s
         while not self.server.started:
             if not self._thread.is_alive():
-                raise RuntimeError("the server failed to start (see the log above)")
+                why = self.app.state.ctx.startup_error or "see the log above"
+                raise RuntimeError(f"the server failed to start: {why}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the server did not start within {self.startup_timeout_s} s")
