@@ -235,10 +235,11 @@ def rollouts(
 ) -> None:  # fmt: skip
     """The student phase on one question: ``student_rollouts`` (fork N), logged."""
     from ted_sglang import programs
-    from ted_sglang.config import GenerationConfig
+    from ted_sglang.loop import calls
+    from ted_sglang.loop.config import GenerationConfig
 
     gen = GenerationConfig()
-    programs.run(
+    calls.run(
         programs.student_rollouts, ctx.backend, bank_text=bank_text, question=question,
         image=None, image_description=description,
         num_rollouts=num_rollouts or ctx.args.rollouts,

@@ -39,8 +39,8 @@ def distill_speed(model: str, samples: int, concurrency: int, rollouts: int, eng
     """One distillation run over ``samples`` training samples on ``engines`` launched
     reference engines (``concurrency`` samples in flight per engine)."""
     from ted_sglang.data import load_dataset, write_sample_set
-    from ted_sglang.demo import demo_config
-    from ted_sglang.distill import distill
+    from ted_sglang.loop.demo import demo_config
+    from ted_sglang.loop.distill import distill
     from ted_sglang.runtime import connect, launch
 
     work = Path(tempfile.mkdtemp(prefix="ted-bench-"))

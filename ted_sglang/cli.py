@@ -16,8 +16,8 @@ COMMAND_MODULES = (
     "ted_sglang.engine.cli",
     "ted_sglang.engine.model_cli",
     "ted_sglang.data.cli",
-    "ted_sglang.loop_cli",
-    "ted_sglang.demo",
+    "ted_sglang.loop.cli",
+    "ted_sglang.loop.demo",
     "ted_sglang.serve.cli",
     "ted_sglang.report.cli",
 )

@@ -9,10 +9,10 @@ from distill_checks import check_log_matches_bank, run_distill
 
 from ted_sglang.bank import CompressionBudget, CompressionPolicy, ExperienceBank
 from ted_sglang.cli import main
-from ted_sglang.compress import compress_bank
-from ted_sglang.config import DistillConfig
+from ted_sglang.loop.compress import compress_bank
+from ted_sglang.loop.config import DistillConfig
+from ted_sglang.loop.steplog import read_log
 from ted_sglang.runtime import connect
-from ted_sglang.steplog import read_log
 
 
 def steps_of(records: list[dict]) -> list[dict]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.checkpoint import Checkpoint, dataset_fingerprint
-from ted_sglang.config import DistillConfig, GenerationConfig
 from ted_sglang.data import Sample
-from ted_sglang.distill import prepare_bank
-from ted_sglang.steplog import StepLog, default_log_path, read_log
+from ted_sglang.loop.checkpoint import Checkpoint, dataset_fingerprint
+from ted_sglang.loop.config import DistillConfig, GenerationConfig
+from ted_sglang.loop.distill import prepare_bank
+from ted_sglang.loop.steplog import StepLog, default_log_path, read_log
 
 
 def samples(n: int = 6) -> list[Sample]:

@@ -17,7 +17,7 @@ from distill_checks import check_log_matches_bank, distill_command
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import launch_engine
-from ted_sglang.steplog import read_log
+from ted_sglang.loop.steplog import read_log
 
 NUM_SAMPLES = 6
 
@@ -152,8 +152,8 @@ def refused_error() -> BaseException:
 def test_connection_failures_are_told_from_other_failures() -> None:
     import urllib.error
 
-    from ted_sglang.connection_watch import is_connection_failure
-    from ted_sglang.programs import RequestFailed
+    from ted_sglang.loop.calls import RequestFailed
+    from ted_sglang.loop.connection_watch import is_connection_failure
 
     refused = refused_error()
     wrapped = RequestFailed(f"URLError: {refused}")
@@ -167,7 +167,7 @@ def test_connection_failures_are_told_from_other_failures() -> None:
 
 
 def test_the_watch_trips_after_failures_in_a_row_only() -> None:
-    from ted_sglang.connection_watch import ConnectionWatch
+    from ted_sglang.loop.connection_watch import ConnectionWatch
 
     refused, other = refused_error(), RuntimeError("the server answered 500")
     watch = ConnectionWatch(3)

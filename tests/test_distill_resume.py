@@ -14,7 +14,7 @@ from pathlib import Path
 from distill_checks import check_log_matches_bank, distill_command
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.steplog import read_log
+from ted_sglang.loop.steplog import read_log
 
 NUM_SAMPLES = 16
 

@@ -11,14 +11,15 @@ import pytest
 from distill_checks import check_log_matches_bank, run_distill, validate_document
 
 from ted_sglang.bank import CompressionPolicy, ExperienceBank, OperationLimits, sequence_ratio
-from ted_sglang.batch import BatchContext, commit_batch
 from ted_sglang.cli import main
-from ted_sglang.config import DistillConfig, GenerationConfig
 from ted_sglang.data import grade, load_dataset
-from ted_sglang.programs import Extraction, single_operation_schema
+from ted_sglang.loop.batch import BatchContext, commit_batch
+from ted_sglang.loop.calls import Extraction
+from ted_sglang.loop.config import DistillConfig, GenerationConfig
+from ted_sglang.loop.step import ALL_CORRECT, ALL_WRONG, BankView, PhaseResult, uniform_outcome
+from ted_sglang.loop.steplog import read_log
+from ted_sglang.programs import single_operation_schema
 from ted_sglang.runtime import connect
-from ted_sglang.step import ALL_CORRECT, ALL_WRONG, BankView, PhaseResult, uniform_outcome
-from ted_sglang.steplog import read_log
 
 
 def test_two_workers_make_one_consistent_bank(

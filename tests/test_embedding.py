@@ -16,7 +16,7 @@ from ted_sglang.bank import (
     sequence_ratio,
     token_jaccard,
 )
-from ted_sglang.embedding import EmbeddingSimilarity, find_model_dir, load_similarity
+from ted_sglang.bank.embedding import EmbeddingSimilarity, find_model_dir, load_similarity
 
 UNITS = "Check the units of every quantity before computing."
 UNITS_AGAIN = "Verify the unit of each quantity before you calculate."
@@ -72,7 +72,7 @@ def test_near_duplicate_groups_and_compression_use_it(embedding: EmbeddingSimila
 def test_load_similarity_falls_back_to_text_when_the_model_is_missing(caplog) -> None:
     similarity, name = load_similarity("embedding")
     assert isinstance(similarity, EmbeddingSimilarity) and name == "all-MiniLM-L6-v2"
-    with caplog.at_level(logging.WARNING, logger="ted_sglang.embedding"):
+    with caplog.at_level(logging.WARNING, logger="ted_sglang.bank.embedding"):
         similarity, name = load_similarity("embedding", package="no_such_embedding_package")
     assert similarity is sequence_ratio and name == "sequence_ratio"
     assert "is not installed: near-duplicates are found by text similarity" in caplog.text

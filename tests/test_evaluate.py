@@ -10,7 +10,7 @@ import pytest
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.cli import main
 from ted_sglang.data import load_dataset, write_sample_set
-from ted_sglang.evaluate import ConditionReport, SampleScore, format_table
+from ted_sglang.loop.evaluate import ConditionReport, SampleScore, format_table
 
 FAST = ["--rollouts", "2", "--student-max-tokens", "12", "--no-progress"]
 

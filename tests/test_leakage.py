@@ -10,7 +10,12 @@ import pytest
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.cli import main
 from ted_sglang.data import load_dataset, write_sample_set
-from ted_sglang.leakage import find_overlap, model_mismatch, normalize_model_name, question_hash
+from ted_sglang.loop.leakage import (
+    find_overlap,
+    model_mismatch,
+    normalize_model_name,
+    question_hash,
+)
 from ted_sglang.runtime import connect
 
 FAST = ["--rollouts", "2", "--student-max-tokens", "8", "--no-progress"]

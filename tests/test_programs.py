@@ -23,8 +23,9 @@ from ted_sglang.bank import (
     OperationLimits,
     operations_schema,
 )
-from ted_sglang.compress import restrict_to_plan
-from ted_sglang.config import GenerationConfig
+from ted_sglang.loop import calls
+from ted_sglang.loop.compress import restrict_to_plan
+from ted_sglang.loop.config import GenerationConfig
 from ted_sglang.prompts import Attempt, ImageView
 from ted_sglang.runtime import connect
 
@@ -46,7 +47,7 @@ def vision_endpoint(vision_engine_url: str):
 
 
 def test_student_rollouts_fork_after_a_shared_cached_prefix(endpoint) -> None:
-    state = programs.run(
+    state = calls.run(
         programs.student_rollouts, endpoint.backend, bank_text=BANK_TEXT,
         question="How many red circles are there?", num_rollouts=4, max_tokens=12,
         rollout_temperature=0.9,
@@ -64,7 +65,7 @@ def test_student_rollouts_fork_after_a_shared_cached_prefix(endpoint) -> None:
 def test_system_part_is_the_same_bytes_for_every_question(endpoint) -> None:
     texts = []
     for question in ("What is 2 + 3?", "Which bar is tallest?"):
-        state = programs.run(
+        state = calls.run(
             programs.student_rollouts, endpoint.backend, bank_text=BANK_TEXT, question=question,
             num_rollouts=1, max_tokens=2,
         )  # fmt: skip
@@ -75,19 +76,19 @@ def test_system_part_is_the_same_bytes_for_every_question(endpoint) -> None:
 
 
 def test_rollouts_wrapper_counts_tokens_and_greedy_is_one(endpoint) -> None:
-    out = programs.rollouts(endpoint.backend, BANK_TEXT, "What is 7 - 2?", ImageView(), 3, GEN)
+    out = calls.rollouts(endpoint.backend, BANK_TEXT, "What is 7 - 2?", ImageView(), 3, GEN)
     assert len(out.texts) == 3 and out.tokens.requests == 3
     assert 0 < out.tokens.completion <= 3 * GEN.student_max_tokens
     assert out.tokens.cache_hit_rate > 0.9
     greedy = [
-        programs.rollouts(endpoint.backend, "", "What is 7 - 2?", ImageView(), 3, GEN, greedy=True)
+        calls.rollouts(endpoint.backend, "", "What is 7 - 2?", ImageView(), 3, GEN, greedy=True)
         for _ in range(2)
     ]
     assert [len(g.texts) for g in greedy] == [1, 1] and greedy[0].texts == greedy[1].texts
 
 
 def test_description_replaces_the_image_for_a_text_model(endpoint) -> None:
-    state = programs.run(
+    state = calls.run(
         programs.student_rollouts, endpoint.backend, bank_text="", question="How many squares?",
         image_description="The image shows 2 red squares.", num_rollouts=1, max_tokens=2,
     )  # fmt: skip
@@ -99,12 +100,10 @@ def test_image_goes_to_a_vision_model(vision_endpoint, tmp_path: Path) -> None:
     path = tmp_path / "red.png"
     Image.new("RGB", (48, 32), (220, 30, 30)).save(path)
     common = {"bank_text": BANK_TEXT, "question": "What colour?", "num_rollouts": 2}
-    with_image = programs.run(
+    with_image = calls.run(
         programs.student_rollouts, vision_endpoint.backend, image=str(path), max_tokens=4, **common
     )
-    without = programs.run(
-        programs.student_rollouts, vision_endpoint.backend, max_tokens=4, **common
-    )
+    without = calls.run(programs.student_rollouts, vision_endpoint.backend, max_tokens=4, **common)
     assert vision_endpoint.chat_template.startswith("chatml")
     assert "<image>" in with_image.text()
     image_meta, text_meta = with_image["metas"][0], without["metas"][0]
@@ -114,14 +113,14 @@ def test_image_goes_to_a_vision_model(vision_endpoint, tmp_path: Path) -> None:
 
 
 def test_teacher_solution(endpoint) -> None:
-    solution, tokens = programs.solve(
+    solution, tokens = calls.solve(
         endpoint.backend, "What is 2 + 3?", "End with Answer: \\boxed{N}.", ImageView(), GEN
     )
     assert isinstance(solution, str) and 0 < tokens.completion <= GEN.solution_max_tokens
 
 
 def _extract(endpoint, bank: ExperienceBank):
-    return programs.extract(
+    return calls.extract(
         endpoint.backend, question="What is 2 + 3?", ground_truth="5",
         solution="2 + 3 = 5.\nAnswer: \\boxed{5}",
         attempts=[Attempt("2 + 3 = 6", False, "6"), Attempt("It is 5.", True, "5")],
@@ -137,13 +136,13 @@ def test_extraction_documents_always_match_their_schemas(endpoint, num_entries: 
         bank.apply({"operations": [{"op": "add", "text": t} for t in texts]})
     for _ in range(2):
         extraction = _extract(endpoint, bank)
-        document = programs.parse_json(extraction.operations)
+        document = calls.parse_json(extraction.operations)
         validate_document(document, operations_schema(bank.ids, LIMITS))
         assert isinstance(extraction.critique, str)
         if num_entries:
-            citations = programs.parse_json(extraction.citations)
+            citations = calls.parse_json(extraction.citations)
             jsonschema.validate(citations, programs.citation_schema(bank.ids))
-            helpful, harmful = programs.parse_citations(extraction.citations, bank.ids)
+            helpful, harmful = calls.parse_citations(extraction.citations, bank.ids)
             assert set(helpful) | set(harmful) <= set(bank.ids)
             assert extraction.tokens.requests == 3
         else:
@@ -153,14 +152,14 @@ def test_extraction_documents_always_match_their_schemas(endpoint, num_entries: 
 
 
 def test_parse_citations_rejects_what_the_bank_does_not_hold() -> None:
-    assert programs.parse_citations(None, ["E1"]) == ([], [])
-    assert programs.parse_citations('{"helpful": ["E1", "E1"], "harmful": []}', ["E1"]) == (
+    assert calls.parse_citations(None, ["E1"]) == ([], [])
+    assert calls.parse_citations('{"helpful": ["E1", "E1"], "harmful": []}', ["E1"]) == (
         ["E1"],
         [],
     )
     for bad in ('{"helpful": ["E9"], "harmful": []}', '{"helpful": []}', "[1, 2"):
         with pytest.raises(ValueError):
-            programs.parse_citations(bad, ["E1"])
+            calls.parse_citations(bad, ["E1"])
 
 
 def _crowded_bank() -> tuple[ExperienceBank, object]:
@@ -193,12 +192,12 @@ def test_teacher_compress_is_held_to_the_plan(endpoint) -> None:
         v["properties"]["op"]["const"] for v in schema["properties"]["operations"]["items"]["anyOf"]
     }
     assert ops == {"merge", "update"}
-    text, tokens = programs.compress(endpoint.backend, merges, rewrites, bank.limits, GEN)
-    validate_document(programs.parse_json(text), schema)
+    text, tokens = calls.compress(endpoint.backend, merges, rewrites, bank.limits, GEN)
+    validate_document(calls.parse_json(text), schema)
     assert tokens.requests == 1
     document, outside = restrict_to_plan(text, plan)
     assert document is not None
-    written = programs.parse_json(text)["operations"]
+    written = calls.parse_json(text)["operations"]
     assert len(document["operations"]) + len(outside) == len(written)
     for op in document["operations"]:
         assert op["op"] in ("merge", "update")
@@ -228,19 +227,19 @@ def test_restrict_to_plan_reports_what_it_drops() -> None:
 def test_summarize_chain_gives_a_structured_chain(endpoint) -> None:
     gen = GenerationConfig(chain_max_tokens=1500)
     texts = ["2 + 3: two plus three is five.\nAnswer: \\boxed{5}", "I guess 6."]
-    rendered, tokens = programs.chains(endpoint.backend, "What is 2 + 3?", texts, gen, 2)
+    rendered, tokens = calls.chains(endpoint.backend, "What is 2 + 3?", texts, gen, 2)
     assert len(rendered) == 2 and tokens.requests == 2
     for chain_text in rendered:
         assert chain_text.startswith("Premises: ") and "\nConclusion: " in chain_text
-    state = programs.run(
+    state = calls.run(
         programs.summarize_chain, endpoint.backend, question="Q?", text="A.", max_tokens=1500
     )
-    validate_document(programs.parse_json(state["chain"]), programs.CHAIN_SCHEMA)
+    validate_document(calls.parse_json(state["chain"]), programs.CHAIN_SCHEMA)
 
 
 def test_a_failing_server_raises_request_failed(failing_url: str) -> None:
     endpoint = connect(failing_url)
-    with pytest.raises(programs.RequestFailed, match="out of memory"):
-        programs.rollouts(endpoint.backend, BANK_TEXT, "What is 1 + 1?", ImageView(), 2, GEN)
-    with pytest.raises(programs.RequestFailed):
-        programs.solve(endpoint.backend, "What is 1 + 1?", "", ImageView(), GEN)
+    with pytest.raises(calls.RequestFailed, match="out of memory"):
+        calls.rollouts(endpoint.backend, BANK_TEXT, "What is 1 + 1?", ImageView(), 2, GEN)
+    with pytest.raises(calls.RequestFailed):
+        calls.solve(endpoint.backend, "What is 1 + 1?", "", ImageView(), GEN)

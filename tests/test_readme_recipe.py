@@ -14,8 +14,8 @@ import pytest
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.cli import build_parser, main
+from ted_sglang.loop.steplog import default_log_path
 from ted_sglang.report import PLOT_IDS
-from ted_sglang.steplog import default_log_path
 
 README = Path(__file__).parent.parent / "README.md"
 SECTION = "## Reproducing the paper on a GPU"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ted_sglang.bank import ExperienceBank, OperationLimits, sequence_ratio
-from ted_sglang.reconcile import Proposal, Source, reconcile
+from ted_sglang.loop.reconcile import Proposal, Source, reconcile
 
 TEXTS = [
     "Count the shapes of each colour separately before adding them up.",

@@ -16,9 +16,9 @@ from headless_chromium import find_chromium, view_page
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.cli import main
+from ted_sglang.loop.steplog import read_log
 from ted_sglang.report import PLOT_IDS, build_report
 from ted_sglang.report.sources import load_run_log
-from ted_sglang.steplog import read_log
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 EVAL = ["--rollouts", "2", "--student-max-tokens", "16", "--no-progress", "--limit", "4"]

@@ -195,8 +195,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from ted_sglang.bank.bank import ExperienceBank
+    from ted_sglang.bank.embedding import load_similarity
     from ted_sglang.bank.merge import build_merged_bank, plan_merge
-    from ted_sglang.embedding import load_similarity
 
     if len(args.files) < 2:
         raise ValueError("bank merge needs at least two bank files")
@@ -210,8 +210,8 @@ def _merge(args: argparse.Namespace) -> int:
     notes: dict[int, str] = {}
     if args.teacher and plan.near_duplicate_groups:
         # The teacher step lives outside the bank package: plan -> texts -> build.
-        from ted_sglang.config import GenerationConfig
-        from ted_sglang.merging import merge_groups
+        from ted_sglang.loop.config import GenerationConfig
+        from ted_sglang.loop.merging import merge_groups
         from ted_sglang.runtime import connect
 
         teacher = connect(args.teacher, args.chat_template)

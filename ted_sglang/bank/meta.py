@@ -17,7 +17,7 @@ class BankMeta:
     so that a user knows what they fit).  ``training_sample_ids``: the samples the bank
     learnt from, in first-seen order, so an evaluation can refuse to score them;
     ``training_question_hashes``: digests of their questions (see
-    :func:`ted_sglang.leakage.question_hash`), so the same question under another id is
+    :func:`ted_sglang.loop.leakage.question_hash`), so the same question under another id is
     caught too.  ``extra``: anything else a caller wants to keep (JSON values).
     """
 

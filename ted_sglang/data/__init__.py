@@ -9,7 +9,8 @@ from ted_sglang.data.grading import GradeResult, answer_matches, extract_answer,
 from ted_sglang.data.jsonl import read_jsonl, write_jsonl
 from ted_sglang.data.loading import FORMATS, detect_format, load_dataset
 from ted_sglang.data.sample import Sample, answer_instruction, format_question
-from ted_sglang.data.sample_set import DEFAULT_COUNT, generate_rows, write_sample_set
+from ted_sglang.data.sample_files import write_sample_set
+from ted_sglang.data.sample_set import DEFAULT_COUNT, generate_rows
 from ted_sglang.data.split import TEST, TRAIN, split_samples
 
 __all__ = [

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _sample_data(args: argparse.Namespace) -> int:
     from ted_sglang.data.loading import load_dataset
-    from ted_sglang.data.sample_set import DEFAULT_COUNT, write_sample_set
+    from ted_sglang.data.sample_files import write_sample_set
+    from ted_sglang.data.sample_set import DEFAULT_COUNT
 
     count = DEFAULT_COUNT if args.count is None else args.count
     path = write_sample_set(args.outdir, count=count, seed=args.seed)

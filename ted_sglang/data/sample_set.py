@@ -16,7 +16,7 @@ Every question text is unique across the set; items alternate between the
 ``train`` and ``test`` splits within each category, so the splits share
 neither ids nor questions. Same seed and count, same bytes.
 
-Layout written by :func:`write_sample_set`::
+Layout written by :func:`~ted_sglang.data.sample_files.write_sample_set`::
 
     OUTDIR/samples.jsonl
     OUTDIR/images/<id>.png
@@ -24,10 +24,7 @@ Layout written by :func:`write_sample_set`::
 
 from __future__ import annotations
 
-import io
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 from ted_sglang.data.sample import LETTERS
@@ -117,22 +114,6 @@ def generate_rows(count: int = DEFAULT_COUNT, seed: int = 0) -> list[dict[str, A
             }
         )
     return rows
-
-
-def write_sample_set(outdir: str | Path, count: int = DEFAULT_COUNT, seed: int = 0) -> Path:
-    """Generate the sample set into ``outdir``; returns the path of ``samples.jsonl``."""
-    from ted_sglang.data.sample_drawing import render
-
-    rows = generate_rows(count, seed)
-    outdir = Path(outdir)
-    (outdir / "images").mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        buffer = io.BytesIO()
-        render(row["category"], row["scene"]).save(buffer, format="PNG")
-        (outdir / row["image"]).write_bytes(buffer.getvalue())
-    path = outdir / "samples.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def describe_scene(category: str, scene: dict[str, Any]) -> str:

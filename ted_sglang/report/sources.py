@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ted_sglang.bank import ExperienceBank, approx_tokenize
-from ted_sglang.steplog import BATCH, FAILED, STEP
+from ted_sglang.loop.steplog import BATCH, FAILED, STEP
 
 # Eval reports drawn side by side; beyond this the plots stop being readable.
 MAX_EVAL_REPORTS = 12

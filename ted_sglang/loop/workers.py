@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ted_sglang.leakage import normalize_model_name
+from ted_sglang.loop.leakage import normalize_model_name
 from ted_sglang.runtime import Endpoint
 
 T = TypeVar("T")

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def demo_config(rollouts: int) -> Any:
     """Settings that fit a two-core CPU: short answers, small edit documents."""
     from ted_sglang.bank import OperationLimits
-    from ted_sglang.config import DistillConfig, GenerationConfig
+    from ted_sglang.loop.config import DistillConfig, GenerationConfig
 
     return DistillConfig(
         rollouts=rollouts,
@@ -63,9 +63,9 @@ def demo_config(rollouts: int) -> Any:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ted_sglang.data import load_dataset, write_sample_set
-    from ted_sglang.distill import distill
-    from ted_sglang.evaluate import evaluate, format_table
-    from ted_sglang.loop_cli import describe_distill
+    from ted_sglang.loop.cli import describe_distill
+    from ted_sglang.loop.distill import distill
+    from ted_sglang.loop.evaluate import evaluate, format_table
     from ted_sglang.runtime import open_runtime, server_cache_stats
 
     if args.train < 1 or args.test < 1 or args.rollouts < 1:

@@ -4,11 +4,11 @@ Two callers share one program (:func:`ted_sglang.programs.teacher_merge`, constr
 to a single operation of the bank's own grammar):
 
 - reconciling a batch: several samples rewrote the same entry differently
-  (:class:`~ted_sglang.reconcile.UpdateConflict`) -> one ``update`` of that entry;
+  (:class:`~ted_sglang.loop.reconcile.UpdateConflict`) -> one ``update`` of that entry;
 - merging banks: a group of near-duplicates whose texts differ
   (:class:`~ted_sglang.bank.merge.BankMergePlan`) -> one ``merge`` of the group.
 
-Data flows one way: the pure planners (:mod:`ted_sglang.reconcile`,
+Data flows one way: the pure planners (:mod:`ted_sglang.loop.reconcile`,
 :mod:`ted_sglang.bank.merge`) make plans without a model; this module reads a plan and
 returns texts; the plan's pure builder takes the texts.  Neither planner imports this
 module, and a failed or unusable answer is reported, never raised.
@@ -23,9 +23,9 @@ from typing import Any
 from ted_sglang import programs, prompts
 from ted_sglang.bank import OperationLimits
 from ted_sglang.bank.merge import BankMergePlan
-from ted_sglang.config import GenerationConfig
-from ted_sglang.programs import RequestFailed, Tokens
-from ted_sglang.reconcile import UpdateConflict
+from ted_sglang.loop.calls import RequestFailed, Tokens, merged_text
+from ted_sglang.loop.config import GenerationConfig
+from ted_sglang.loop.reconcile import UpdateConflict
 
 
 def merge_updates(
@@ -80,7 +80,7 @@ def _run(
 
     def one(job: tuple[Any, str, dict]) -> tuple[str, Tokens]:
         _, request, schema = job
-        return programs.merged_text(backend, request, schema, limits, gen)
+        return merged_text(backend, request, schema, limits, gen)
 
     with ThreadPoolExecutor(min(len(jobs), 4), thread_name_prefix="ted-merge") as pool:
         futures = [(job[0], pool.submit(one, job)) for job in jobs]

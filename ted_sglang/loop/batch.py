@@ -2,7 +2,7 @@
 
 Every sample of a batch was run against the same bank version.  :func:`commit_batch`
 counts each sample's usage statistics, reconciles the teachers' proposals into one
-document (:mod:`ted_sglang.reconcile`; the teacher merges updates of one entry that
+document (:mod:`ted_sglang.loop.reconcile`; the teacher merges updates of one entry that
 disagree), applies it as ONE new version whose history meta lists the batch's sample
 ids, and compresses the bank if it is over budget.  It returns a log record per
 sample and one for the batch, saying how many proposals were kept, merged or dropped
@@ -16,14 +16,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ted_sglang.bank import CompressionPolicy, ExperienceBank, Similarity
-from ted_sglang.compress import compress_bank
-from ted_sglang.config import DistillConfig
-from ted_sglang.merging import merge_updates
-from ted_sglang.programs import Tokens
-from ted_sglang.reconcile import Proposal, Reconciled, reconcile
+from ted_sglang.loop.calls import Tokens
+from ted_sglang.loop.compress import compress_bank
+from ted_sglang.loop.config import DistillConfig
+from ted_sglang.loop.merging import merge_updates
+from ted_sglang.loop.reconcile import Proposal, Reconciled, reconcile
+from ted_sglang.loop.step import ALL_CORRECT, ALL_WRONG, PhaseResult, sample_record
+from ted_sglang.loop.steplog import BATCH, report_record
 from ted_sglang.runtime import Endpoint
-from ted_sglang.step import ALL_CORRECT, ALL_WRONG, PhaseResult, sample_record
-from ted_sglang.steplog import BATCH, report_record
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.config import GenerationConfig
 from ted_sglang.data import Sample, format_question, grade
-from ted_sglang.leakage import find_overlap
-from ted_sglang.programs import RequestFailed, Tokens, rollouts
+from ted_sglang.loop.calls import RequestFailed, Tokens, rollouts
+from ted_sglang.loop.config import GenerationConfig
+from ted_sglang.loop.leakage import find_overlap
 from ted_sglang.prompts import ImageFallback
 from ted_sglang.runtime import Endpoint
 
@@ -227,7 +227,7 @@ def check_no_training_overlap(
     """The samples to score with ``bank``.
 
     Samples the bank was distilled from (same id, or the same question under another
-    id: see :mod:`ted_sglang.leakage`) raise ``ValueError``, unless ``exclude`` drops
+    id: see :mod:`ted_sglang.loop.leakage`) raise ``ValueError``, unless ``exclude`` drops
     them or ``allow`` scores them anyway (with a warning on stderr).
     """
     if exclude and allow:

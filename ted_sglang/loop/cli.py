@@ -196,7 +196,7 @@ def load_samples(data: Path, split: str, limit: int | None) -> tuple[list, dict[
 
 
 def generation_config(args: argparse.Namespace) -> Any:
-    from ted_sglang.config import GenerationConfig
+    from ted_sglang.loop.config import GenerationConfig
 
     values = {
         "student_max_tokens": args.student_max_tokens,
@@ -214,7 +214,7 @@ def generation_config(args: argparse.Namespace) -> Any:
 
 def distill_config(args: argparse.Namespace) -> Any:
     from ted_sglang.bank import OperationLimits
-    from ted_sglang.config import DistillConfig
+    from ted_sglang.loop.config import DistillConfig
 
     return DistillConfig(
         rollouts=args.rollouts,
@@ -235,7 +235,7 @@ def distill_config(args: argparse.Namespace) -> Any:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ted_sglang.distill import DistillStopped, distill
+    from ted_sglang.loop.distill import DistillStopped, distill
     from ted_sglang.runtime import open_runtime
 
     config = distill_config(args)
@@ -305,7 +305,7 @@ def describe_distill(s: dict[str, Any]) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ted_sglang.evaluate import check_no_training_overlap, evaluate, format_table
+    from ted_sglang.loop.evaluate import check_no_training_overlap, evaluate, format_table
     from ted_sglang.runtime import open_runtime, split_urls
 
     gen = generation_config(args)
@@ -315,7 +315,7 @@ def run_eval(args: argparse.Namespace) -> int:
     bank = None
     if args.bank.lower() != "none":
         from ted_sglang.bank import ExperienceBank
-        from ted_sglang.leakage import find_overlap
+        from ted_sglang.loop.leakage import find_overlap
 
         bank = ExperienceBank.load(args.bank)
         overlap = find_overlap(samples, bank.meta)
@@ -332,7 +332,7 @@ def run_eval(args: argparse.Namespace) -> int:
             request_timeout=args.request_timeout,
         ) as rt:  # fmt: skip
             if bank is not None:
-                from ted_sglang.leakage import model_mismatch
+                from ted_sglang.loop.leakage import model_mismatch
 
                 warning = model_mismatch(bank.meta.student_model, rt.student.model_path)
                 if warning:

@@ -4,7 +4,7 @@
 under the bank as it was when the sample started (a :class:`BankView`), grading,
 the teacher's solution and its extraction.  :func:`sample_record` then counts the
 sample's usage statistics in the bank and returns its log record; its proposed
-operations are applied with the rest of its batch (:mod:`ted_sglang.batch`).
+operations are applied with the rest of its batch (:mod:`ted_sglang.loop.batch`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ted_sglang import programs
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.config import DistillConfig
 from ted_sglang.data import GradeResult, Sample, answer_instruction, format_question, grade
-from ted_sglang.programs import Extraction, Tokens
+from ted_sglang.loop import calls
+from ted_sglang.loop.calls import Extraction, Tokens
+from ted_sglang.loop.config import DistillConfig
+from ted_sglang.loop.steplog import STEP
 from ted_sglang.prompts import Attempt, ImageFallback
 from ted_sglang.runtime import Endpoint
-from ted_sglang.steplog import STEP
 
 # Why a sample's teacher was not asked: every rollout right, or every rollout wrong.
 ALL_CORRECT, ALL_WRONG = "all_correct", "all_wrong"
@@ -92,7 +92,7 @@ def run_phases(
     otherwise its solution, which does not depend on the rollouts, is generated while
     they run.  ``attempt_order`` is the order in which the teacher reads the attempts
     (a permutation of ``range(config.rollouts)``).  Raises
-    :class:`~ted_sglang.programs.RequestFailed` when a server fails a request.
+    :class:`~ted_sglang.calls.RequestFailed` when a server fails a request.
     """
     gen = config.generation
     start = time.perf_counter()
@@ -100,12 +100,12 @@ def run_phases(
     bare_question = format_question(sample, instruction=False)
 
     def solve() -> tuple[str, Tokens]:
-        return programs.solve(
+        return calls.solve(
             teacher.backend, bare_question, answer_instruction(sample), teacher_view, gen
         )
 
     def roll() -> PhaseResult:
-        out = programs.rollouts(
+        out = calls.rollouts(
             student.backend, view.text, format_question(sample),
             images.view(sample.image, sample.image_description, student.takes_images),
             config.rollouts, gen,
@@ -136,7 +136,7 @@ def run_phases(
     shown = [result.trajectories[i] for i in attempt_order]
     solution_text = result.solution
     if config.structured_chains:
-        condensed, result.tokens["chains"] = programs.chains(
+        condensed, result.tokens["chains"] = calls.chains(
             teacher.backend, bare_question, [*shown, result.solution], gen, len(shown) + 1
         )
         result.chains = condensed
@@ -145,7 +145,7 @@ def run_phases(
         Attempt(text, result.grades[i].correct, result.grades[i].extracted)
         for text, i in zip(shown, attempt_order, strict=True)
     ]
-    result.extraction = programs.extract(
+    result.extraction = calls.extract(
         teacher.backend, question=bare_question, ground_truth=sample.reference_answer,
         solution=solution_text, attempts=attempts, bank_entries=view.entries,
         limits=config.limits, view=teacher_view, gen=gen,
@@ -161,7 +161,7 @@ def sample_record(bank: ExperienceBank, result: PhaseResult, *, step: int) -> di
     Each entry the student saw counts as shown once per trajectory, with that
     trajectory's outcome; the teacher's citations count as helpful / harmful.  The
     teacher's operations are not applied here: they go through the batch's
-    reconciliation (see :mod:`ted_sglang.batch`).  Bad citations are reported in the
+    reconciliation (see :mod:`ted_sglang.loop.batch`).  Bad citations are reported in the
     record, never raised.
     """
     sample, view = result.sample, result.view
@@ -202,7 +202,7 @@ def sample_record(bank: ExperienceBank, result: PhaseResult, *, step: int) -> di
         record["teacher_output"] = extraction.operations
         record["citations_output"] = extraction.citations
         try:
-            helpful, harmful = programs.parse_citations(extraction.citations, view.ids)
+            helpful, harmful = calls.parse_citations(extraction.citations, view.ids)
         except ValueError as exc:
             record["citations_error"] = str(exc)
         else:

@@ -8,10 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 from ted_sglang.bank import CompressionPlan, CompressionPolicy, ExperienceBank
-from ted_sglang.config import DistillConfig
-from ted_sglang.programs import RequestFailed, Tokens, compress, parse_json
+from ted_sglang.loop.calls import RequestFailed, Tokens, compress, parse_json
+from ted_sglang.loop.config import DistillConfig
+from ted_sglang.loop.steplog import report_record
 from ted_sglang.runtime import Endpoint
-from ted_sglang.steplog import report_record
 
 
 def compress_bank(
@@ -30,7 +30,7 @@ def compress_bank(
     the plan are applied as another (history meta ``source="compression"`` plus
     ``meta``, e.g. the batch number).  A
     teacher failure or an operation outside the plan is reported, never raised.
-    The record holds ``tokens`` (a :class:`~ted_sglang.programs.Tokens`).
+    The record holds ``tokens`` (a :class:`~ted_sglang.Tokens`).
     """
     plan = policy.plan(bank)
     if not plan.over_budget:

@@ -7,7 +7,7 @@ new sample goes to the worker with the fewest samples in flight).  All samples o
 batch run against the same bank version: the bank as it was when the batch's first
 sample started.  Batches are committed one at a time, in order: the teachers'
 proposals are reconciled into one document and applied as one new version
-(:mod:`ted_sglang.batch`).  Samples start as soon as there is room, so a batch may
+(:mod:`ted_sglang.loop.batch`).  Samples start as soon as there is room, so a batch may
 start against a bank that an earlier batch is about to change (an operation naming
 an entry that has vanished since is rejected by the bank, and logged).  After each
 committed batch the log lines are made durable, then the bank file, which carries the
@@ -42,19 +42,25 @@ from ted_sglang.bank import (
     CompressionPolicy,
     ExperienceBank,
 )
-from ted_sglang.batch import BatchContext, commit_batch
-from ted_sglang.checkpoint import Checkpoint
-from ted_sglang.config import DistillConfig
-from ted_sglang.connection_watch import DEFAULT_MAX_CONNECTION_FAILURES, ConnectionWatch
+from ted_sglang.bank.embedding import load_similarity
 from ted_sglang.data import Sample
-from ted_sglang.embedding import load_similarity
-from ted_sglang.leakage import question_hash
-from ted_sglang.programs import RequestFailed, Tokens
+from ted_sglang.loop.batch import BatchContext, commit_batch
+from ted_sglang.loop.calls import RequestFailed
+from ted_sglang.loop.checkpoint import Checkpoint
+from ted_sglang.loop.config import DistillConfig
+from ted_sglang.loop.connection_watch import DEFAULT_MAX_CONNECTION_FAILURES, ConnectionWatch
+from ted_sglang.loop.leakage import question_hash
+from ted_sglang.loop.step import (
+    BankView,
+    PhaseResult,
+    run_phases,
+    tokens_total,
+)
+from ted_sglang.loop.steplog import FAILED, STEP, StepLog, default_log_path
+from ted_sglang.loop.summary import DistillSummary
+from ted_sglang.loop.workers import Worker, WorkerPool, make_workers
 from ted_sglang.prompts import ImageFallback
 from ted_sglang.runtime import Endpoint
-from ted_sglang.step import ALL_CORRECT, ALL_WRONG, BankView, PhaseResult, run_phases, tokens_total
-from ted_sglang.steplog import BATCH, FAILED, STEP, StepLog, default_log_path
-from ted_sglang.workers import Worker, WorkerPool, make_workers
 
 T = TypeVar("T")
 
@@ -62,71 +68,6 @@ T = TypeVar("T")
 class DistillStopped(RuntimeError):
     """The run stopped before its end; every committed batch is in the bank file, and
     ``resume=True`` continues from there."""
-
-
-@dataclass
-class DistillSummary:
-    """What a run did (this invocation) and where the bank stands."""
-
-    bank_path: Path
-    log_path: Path
-    resumed: bool
-    total_samples: int
-    done_before: int
-    done_now: int
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    applied_ops: int = 0
-    rejected_ops: int = 0
-    reconcile_merged: int = 0
-    reconcile_dropped: int = 0
-    batches: int = 0
-    skipped: dict[str, int] = field(default_factory=lambda: {ALL_CORRECT: 0, ALL_WRONG: 0})
-    trajectories: int = 0
-    correct: int = 0
-    bank_version: int = 0
-    bank_size: int = 0
-    seconds: float = 0.0
-    tokens: Tokens = field(default_factory=Tokens)
-    workers: list[str] = field(default_factory=list)
-    similarity: str = ""
-
-    @property
-    def student_accuracy(self) -> float:
-        return self.correct / self.trajectories if self.trajectories else 0.0
-
-    @property
-    def samples_per_minute(self) -> float:
-        return 60.0 * self.done_now / self.seconds if self.seconds else 0.0
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "bank": str(self.bank_path),
-            "log": str(self.log_path),
-            "resumed": self.resumed,
-            "total_samples": self.total_samples,
-            "done_before": self.done_before,
-            "done_now": self.done_now,
-            "failed": [{"sample_id": i, "error": e} for i, e in self.failed],
-            "batches": self.batches,
-            "skipped_uniform": {**self.skipped, "total": self.num_skipped},
-            "applied_operations": self.applied_ops,
-            "rejected_operations": self.rejected_ops,
-            "reconcile_merged": self.reconcile_merged,
-            "reconcile_dropped": self.reconcile_dropped,
-            "student_accuracy": self.student_accuracy,
-            "bank_version": self.bank_version,
-            "bank_size": self.bank_size,
-            "seconds": round(self.seconds, 2),
-            "samples_per_minute": round(self.samples_per_minute, 3),
-            "tokens": self.tokens.to_dict(),
-            "cache_hit_rate": round(self.tokens.cache_hit_rate, 4),
-            "workers": list(self.workers),
-            "similarity": self.similarity,
-        }
 
 
 def prepare_bank(
@@ -306,7 +247,7 @@ def distill(
                     log.append(record)  # durable before the bank says the batch is done
                 _save(bank, bank_path, checkpoint.batches - 1)
                 records += [*step_records, batch_record]
-                _count(summary, step_records, batch_record)
+                summary.count_batch(step_records, batch_record)
                 bar.update(len(step_records))
                 bar.set_postfix(
                     acc=f"{summary.student_accuracy:.2f}", bank=len(bank), skip=summary.num_skipped
@@ -408,29 +349,6 @@ def _with_retries(retries: int, call: Callable[[], T], watch: ConnectionWatch) -
             watch.succeeded()
             return result
     raise AssertionError("unreachable")
-
-
-def _count(summary: DistillSummary, steps: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-    assert batch["event"] == BATCH
-    summary.batches += 1
-    for record in steps:
-        summary.done_now += 1
-        summary.trajectories += record["student_total"]
-        summary.correct += record["student_correct"]
-        if record["skipped"] is not None:
-            summary.skipped[record["skipped"]] += 1
-    compression = batch.get("compression") or {}
-    for report in (
-        batch.get("operations"),
-        compression.get("removals"),
-        compression.get("operations"),
-    ):
-        if report:
-            summary.applied_ops += report["num_applied"]
-            summary.rejected_ops += report["num_rejected"]
-    if batch.get("reconcile"):
-        summary.reconcile_merged += batch["reconcile"]["merged"]
-        summary.reconcile_dropped += batch["reconcile"]["dropped"]
 
 
 class _NoBar:
