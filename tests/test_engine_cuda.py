@@ -16,9 +16,9 @@ from ted_sglang.engine.attention import AttentionBackend, SharedPrefixBackend
 from ted_sglang.engine.model_loader import load_model
 from ted_sglang.engine.model_runner import ModelRunner
 from ted_sglang.engine.output import OutputBuilder
-from ted_sglang.engine.protocol import SamplingParams
 from ted_sglang.engine.radix_cache import RadixCache
 from ted_sglang.engine.sampler import Sampler
+from ted_sglang.engine.sampling_params import SamplingParams
 from ted_sglang.engine.scheduler import Scheduler
 from ted_sglang.engine.sequence import Sequence
 

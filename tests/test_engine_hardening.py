@@ -117,7 +117,7 @@ def test_stop_regex_still_stops(engine_url: str) -> None:
 
 def test_stop_regex_window_and_budget() -> None:
     from ted_sglang.engine import stop_match
-    from ted_sglang.engine.protocol import RequestError
+    from ted_sglang.engine.errors import RequestError
     from ted_sglang.engine.stop_match import StopRegex, StopRegexTimeout
 
     assert StopRegex.compile(["Answer: [0-9]{1,6}"]).window_tokens == stop_match.MIN_WINDOW_TOKENS
@@ -285,8 +285,8 @@ def _png(size: tuple[int, int] = (9, 7)) -> bytes:
 def test_image_paths_are_read_only_inside_the_allowed_folder(tmp_path: Path) -> None:
     import os
 
+    from ted_sglang.engine.errors import RequestError
     from ted_sglang.engine.prompt import IMAGE_REFUSED, load_image_bytes
-    from ted_sglang.engine.protocol import RequestError
 
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()

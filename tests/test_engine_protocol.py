@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ted_sglang.engine.protocol import TOP_K_ALL, RequestError, parse_generate
+from ted_sglang.engine.errors import RequestError
+from ted_sglang.engine.protocol import parse_generate
+from ted_sglang.engine.sampling_params import TOP_K_ALL
 
 # Exactly what SGLang 0.5.23's RuntimeEndpoint.generate sends for a bare sgl.gen().
 FRONTEND_SAMPLING = {

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_runs import reference_logits, run_forks
 
 from ted_sglang.engine.attention import SharedPrefixBackend
+from ted_sglang.engine.errors import RequestError
 from ted_sglang.engine.kv import path_values
 from ted_sglang.engine.model_loader import load_model
 from ted_sglang.engine.model_runner import ForwardInput, ModelRunner
-from ted_sglang.engine.output import OutputBuilder
 from ted_sglang.engine.prompt import PromptBuilder, load_image_bytes, map_image_token
-from ted_sglang.engine.protocol import RequestError, SamplingParams
 from ted_sglang.engine.radix_cache import RadixCache
 from ted_sglang.engine.sampler import Sampler
-from ted_sglang.engine.scheduler import Scheduler
+from ted_sglang.engine.sampling_params import SamplingParams
 from ted_sglang.engine.sequence import Sequence
 
 
@@ -30,17 +30,6 @@ def loaded(tiny_model_dir: Path):
 @pytest.fixture(scope="module")
 def runner(loaded):
     return ModelRunner(loaded)
-
-
-def reference_logits(loaded, ids: list[int]) -> torch.Tensor:
-    """The model's own forward (SDPA, no engine) over the whole sequence."""
-    config = loaded.model.config.get_text_config()
-    saved, config._attn_implementation = config._attn_implementation, "sdpa"
-    try:
-        with torch.inference_mode():
-            return loaded.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
-    finally:
-        config._attn_implementation = saved
 
 
 def test_packed_chunked_prefill_and_batched_decode_match_the_model(loaded, runner) -> None:
@@ -71,31 +60,6 @@ def test_packed_chunked_prefill_and_batched_decode_match_the_model(loaded, runne
         torch.testing.assert_close(out[0], ref_a[30 + i], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out[1], ref_b[20 + i], atol=1e-4, rtol=1e-4)
     assert kv_a.length == 33 and kv_b.length == 23
-
-
-def run_forks(runner: ModelRunner, prompts: list[list[int]], new_tokens: int, on_step, chunk=2048):
-    """Greedy generations of ``prompts`` submitted together, through the real scheduler;
-    returns each one's output ids and the logits it sampled from ``[new_tokens, vocab]``."""
-    cache = RadixCache(10_000)
-    scheduler = Scheduler(runner, cache, OutputBuilder(None), 16, chunk)
-    sampler = Sampler(seed=0)
-    seqs = [
-        Sequence(f"r{i}", p, list(p), SamplingParams(top_k=1), new_tokens, frozenset())
-        for i, p in enumerate(prompts)
-    ]
-    for seq in seqs:
-        scheduler.add(seq)
-    rows: dict[str, list[torch.Tensor]] = {s.rid: [] for s in seqs}
-    while scheduler.has_work:
-        plan = scheduler.schedule()
-        assert plan is not None
-        logits = runner.forward(plan.forward)
-        for seq, row in zip(plan.sample_seqs, plan.sample_rows, strict=True):
-            rows[seq.rid].append(logits[row].clone())
-        scheduler.postprocess(plan, sampler.sample(logits[plan.sample_rows], plan.sample_seqs))
-        on_step(scheduler, cache)
-    assert all(s.finish_reason == {"type": "length", "length": new_tokens} for s in seqs)
-    return [s.output_ids for s in seqs], [torch.stack(rows[s.rid]) for s in seqs]
 
 
 @pytest.mark.parametrize("chunk", [2048, 16])  # 16: chunked prefill, a path of several nodes

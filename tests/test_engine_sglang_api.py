@@ -237,8 +237,8 @@ def test_priority_orders_the_waiting_queue(tiny_model_dir: Path) -> None:
     from ted_sglang.engine.model_loader import load_model
     from ted_sglang.engine.model_runner import ModelRunner
     from ted_sglang.engine.output import OutputBuilder
-    from ted_sglang.engine.protocol import SamplingParams
     from ted_sglang.engine.radix_cache import RadixCache
+    from ted_sglang.engine.sampling_params import SamplingParams
     from ted_sglang.engine.scheduler import Scheduler
     from ted_sglang.engine.sequence import Sequence
 

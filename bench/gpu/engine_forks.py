@@ -9,7 +9,9 @@ once per step for all N) and with ``per-request`` (a copy per fork, attended per
   shape of SmolLM2-1.7B: a Llama of 24 layers, hidden 2,048, 32 query and 32 KV heads,
   MLP 8,192) and the tokenizer of ``--tokenizer`` (the GPU kit's: SmolLM2's), written to
   a work folder and loaded by the engine's own loader (bf16 on CUDA, float32 on the CPU).
-  ``tiny`` (2 layers, hidden 64) is for a dry run on the CPU.
+  ``small`` (4 layers, hidden 512, 8 query and 8 KV heads of 64: multi-head like
+  SmolLM2-1.7B, so that attention weighs as there) fits a CPU run over a 4k prefix;
+  ``tiny`` (2 layers, hidden 64) is for a dry run.
 * In process, through the engine's parts (model runner, radix cache, scheduler,
   sampler), no HTTP. Per N and backend: a fresh cache; one request computes the prefix;
   N requests of ``prefix + "\\nTrajectory i:"`` are submitted together and run until each
@@ -19,10 +21,11 @@ once per step for all N) and with ``per-request`` (a copy per fork, attended per
   forks' own tokens and the per-request prefix copies included); ``decode_steps_per_s``:
   over the steps that only decode.
 * The engine prefills a prompt in chunks of ``--max-prefill-tokens`` (its default: 2,048)
-  and caches each chunk as a node; shared-prefix decode reads one node once per step and
-  the others per fork. Shared-prefix runs once per value given (e.g. ``2048,8192``: the
-  4k prefix as two nodes, then as one); per-request, whose forks copy the whole prefix
-  anyway, once. Each row reports ``prefix_nodes``.
+  and caches each chunk as a node; shared-prefix decode reads the forks' whole chain of
+  shared nodes once per step (a chain of several nodes as one copy, made once while the
+  forks decode: ``prefix_copies``). Shared-prefix runs once per value given (e.g.
+  ``2048,8192``: the 4k prefix as several nodes, then as one); per-request, whose forks
+  copy the whole prefix anyway, once. Each row reports ``prefix_nodes``.
 
 Run from the repository root: ``python bench/gpu/engine_forks.py --tokenizer .gpu-kit/tokenizer``.
 The JSON is rewritten after every run, so a time limit keeps the rows already measured.
@@ -52,6 +55,13 @@ SHAPES = {  # Llama configurations; the vocabulary is the tokenizer's
         "num_attention_heads": 32,
         "num_key_value_heads": 32,
         "rope_theta": 130000.0,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
     },
     "tiny": {
         "hidden_size": 64,
@@ -97,9 +107,9 @@ def run_forks(
     from ted_sglang.engine.kv import path_values
     from ted_sglang.engine.model_runner import ModelRunner
     from ted_sglang.engine.output import OutputBuilder
-    from ted_sglang.engine.protocol import SamplingParams
     from ted_sglang.engine.radix_cache import RadixCache, common_prefix_len
     from ted_sglang.engine.sampler import Sampler
+    from ted_sglang.engine.sampling_params import SamplingParams
     from ted_sglang.engine.scheduler import Scheduler
     from ted_sglang.engine.sequence import Sequence
 
@@ -128,6 +138,7 @@ def run_forks(
     while scheduler.has_work:
         step()
     prefix_nodes = len(path_values(cache.match_prefix(prompts[0][:shared]).node))
+    copies_before = runner.joined_chains.joins
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -154,6 +165,7 @@ def run_forks(
         "until_first_decode_step_s": (first_decode or start) - start,
         "decode_steps": decode_steps,
         "cached_tokens_per_fork": min(s.num_cached_tokens for s in forks),
+        "prefix_copies": runner.joined_chains.joins - copies_before,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
     return row
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"N={n:3d} {backend:13s} prefix in {row['prefix_nodes']} node(s): "
                 f"{row['tokens_per_s']:9.1f} tokens/s {row['decode_steps_per_s']:8.2f} "
-                f"decode steps/s  wall {row['wall_s']:.2f} s"
+                f"decode steps/s  wall {row['wall_s']:.2f} s  prefix copies {row['prefix_copies']}"
             )
             if backend == "per-request":
                 per_request = row

@@ -11,9 +11,9 @@ attends its queries over everything the request has so far.
 its own copy of its KV and attends each decode token alone.
 :class:`SharedPrefixBackend` (``shared-prefix``) goes with shared storage: requests
 read their cached prefix in place from the radix tree (see ``kv.py``), and requests
-decoding over the same cached node (the branches of a fork) attend it once per
-step, all their queries stacked, through ``ted_sglang.kernels.shared_prefix_decode``
-(Triton on CUDA, its torch path elsewhere).
+decoding over the same chain of cached nodes (the branches of a fork) attend it once
+per step, all their queries stacked, through ``ted_sglang.kernels.shared_prefix_decode``
+(Triton on CUDA, its torch path elsewhere); ``decode_groups.py`` forms the groups.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ted_sglang.engine.decode_groups import DecodeGroup, JoinedChains, group_decodes
 from ted_sglang.engine.kv import SequenceKV
 
 if TYPE_CHECKING:
     import torch
-
-    from ted_sglang.kernels import SharedPrefixDecodePlan
 
 ATTENTION_NAME = "ted_sglang_engine"
 _active = threading.local()
@@ -59,7 +58,8 @@ class AttentionBackend:
 
     shares_prefix_kv = False  # whether requests read cached prefixes in place (kv.py)
 
-    def __init__(self, segments: list[Segment]) -> None:
+    def __init__(self, segments: list[Segment], chains: JoinedChains | None = None) -> None:
+        """``chains``: the model runner's store of joined prefixes (shared-prefix only)."""
         self.segments = segments
 
     def forward(
@@ -129,70 +129,27 @@ class AttentionBackend:
             out[0, seg.offset] = o[0, :, 0]
 
 
-@dataclass
-class DecodeGroup:
-    """Decoding requests that read one cached node in place, and what else each reads.
-
-    ``prefix`` is that node's value (``[layers, 2, Hkv, P, D]``), attended once for
-    all ``rows`` (the members' packed query offsets); ``suffixes[i]`` are member
-    ``i``'s other KV pieces (rest of its cache path, then its own buffer).
-    """
-
-    rows: list[int]
-    prefix: torch.Tensor
-    suffixes: list[list[torch.Tensor]]
-    indptr: torch.Tensor | None = None  # the rest, set on the first layer
-    plan: SharedPrefixDecodePlan | None = None
-    row_index: torch.Tensor | None = None
-
-
-def group_decodes(segments: list[Segment]) -> tuple[list[DecodeGroup], list[Segment]]:
-    """Group decode segments by the cached node each reads in place for the most traffic.
-
-    Every member picks, among the nodes of its cache path, the one with the largest
-    (decoding requests reading it) x (tokens), i.e. the most KV read once instead of
-    many times; members picking the same node form a group. Segments without a
-    cache path are returned apart.
-    """
-    paths = {id(seg): seg.kv.parts(seg.start + 1)[:-1] for seg in segments}
-    readers: dict[int, int] = {}
-    for path in paths.values():
-        for value in path:
-            readers[id(value)] = readers.get(id(value), 0) + 1
-    groups: dict[int, DecodeGroup] = {}
-    alone = []
-    for seg in segments:
-        path = paths[id(seg)]
-        if not path:
-            alone.append(seg)
-            continue
-        best = max(range(len(path)), key=lambda i: readers[id(path[i])] * path[i].shape[3])
-        prefix = path[best]
-        group = groups.setdefault(id(prefix), DecodeGroup([], prefix, []))
-        group.rows.append(seg.offset)
-        rest = path[:best] + path[best + 1 :]
-        rest.append(seg.kv.buffer[:, :, :, : seg.start + 1 - seg.kv.prefix_len])
-        group.suffixes.append(rest)
-    return list(groups.values()), alone
-
-
 class SharedPrefixBackend(AttentionBackend):
-    """Decodes requests over a common cached node reading that node once per step.
+    """Decodes requests over a common cached prefix reading that prefix once per step.
 
-    A group's queries, stacked, attend the node's KV once and each member's other KV
-    (ragged), merged by log-sum-exp: ``ted_sglang.kernels.shared_prefix_decode``
-    (Triton on CUDA, a fused CPU path elsewhere). A cached prefix stored as several
-    nodes (prefilled in chunks) is read in place for its chosen node only; the
-    other nodes join each member's ragged part. Requests without a cached prefix
+    A group's queries, stacked, attend the shared chain of cached nodes once and each
+    member's other KV (ragged), merged by log-sum-exp:
+    ``ted_sglang.kernels.shared_prefix_decode`` (Triton on CUDA, a fused CPU path
+    elsewhere). A chain of one node is read in place; a longer one (a prefix prefilled
+    in chunks, or cached by several requests in turn) as the copy ``chains`` keeps
+    while it is read (see ``decode_groups.py``). Requests without a cached prefix
     decode as in :class:`AttentionBackend`.
     """
 
     shares_prefix_kv = True
 
-    def __init__(self, segments: list[Segment]) -> None:
-        super().__init__(segments)
+    def __init__(self, segments: list[Segment], chains: JoinedChains | None = None) -> None:
+        super().__init__(segments, chains)
+        self._chains = chains if chains is not None else JoinedChains()
         self._groups: list[DecodeGroup] | None = None  # the same in every layer
         self._alone: list[Segment] = []
+        if not any(seg.num_tokens == 1 for seg in segments):
+            self._chains.join([])  # nothing decodes: no joined prefix is needed any more
 
     def decode(
         self,
@@ -203,7 +160,7 @@ class SharedPrefixBackend(AttentionBackend):
         scale: float,
     ) -> None:
         if self._groups is None:
-            self._groups, self._alone = group_decodes(segments)
+            self._groups, self._alone = group_decodes(segments, self._chains)
         for group in self._groups:
             self.decode_group(layer, group, query, out, scale)
         if self._alone:
@@ -224,6 +181,7 @@ class SharedPrefixBackend(AttentionBackend):
 
         pieces = [p[layer] for parts in group.suffixes for p in parts]  # [2, Hkv, n, D] each
         suffix = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+        assert group.prefix is not None
         prefix = group.prefix[layer]
         num_q_heads, (num_kv_heads, head_dim) = query.shape[1], prefix.shape[1::2]
         if group.plan is None:

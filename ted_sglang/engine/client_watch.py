@@ -3,6 +3,7 @@
 A request whose client disconnected must not keep generating: a non-streaming
 ``/generate`` waits for its results *or* the ASGI ``http.disconnect`` message,
 whichever comes first (a streaming one is cancelled by Starlette on disconnect).
+``serve`` runs its upstream requests under :func:`until_disconnect` for the same reason.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the work done for it finished."""
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -23,6 +29,26 @@ async def wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is cancelled
+    (its cleanup has run when this returns) and :class:`ClientGone` is raised."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        if not gone.cancelled():
+            gone.exception()  # a broken connection is a client gone as well
+        raise ClientGone
+    finally:
+        pending = {t for t in (task, gone) if not t.done()}
+        for t in pending:
+            t.cancel()
+        if pending:  # not suppressing CancelledError: a cancel of the caller goes through
+            await asyncio.wait(pending)
 
 
 async def wait_finished(events: asyncio.Queue, count: int, receive: Receive | None) -> bool:

@@ -18,9 +18,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from ted_sglang.engine.config import EngineConfig
+from ted_sglang.engine.errors import RequestError
 from ted_sglang.engine.limits import fit_context
 from ted_sglang.engine.profiler import Profiler, ProfileSettings
-from ted_sglang.engine.protocol import GenerateItem, RequestError
+from ted_sglang.engine.protocol import GenerateItem
 from ted_sglang.engine.sequence import Sequence, finish_abort
 from ted_sglang.engine.stop_match import StopRegex
 

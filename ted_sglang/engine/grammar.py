@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from ted_sglang.engine.protocol import RequestError
+from ted_sglang.engine.errors import RequestError
 
 if TYPE_CHECKING:
     import torch

@@ -138,7 +138,7 @@ def fit_context(
     context, or an explicit ``max_new_tokens`` that does not fit after it, is refused
     unless ``allow_auto_truncate`` (then the input keeps its head and ``max_new_tokens``
     shrinks). An unset ``max_new_tokens`` (default 128) shrinks to fit, as in SGLang."""
-    from ted_sglang.engine.protocol import RequestError
+    from ted_sglang.engine.errors import RequestError
 
     num = len(prompt.input_ids)
     if num >= context_length:

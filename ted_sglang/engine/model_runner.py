@@ -13,6 +13,7 @@ from ted_sglang.engine.attention import (
     active_backend,
     register_attention,
 )
+from ted_sglang.engine.decode_groups import JoinedChains
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,7 @@ class ModelRunner:
         self.model = loaded.model
         self.backend_cls = backend_cls
         self.shares_prefix_kv = backend_cls.shares_prefix_kv
+        self.joined_chains = JoinedChains()  # multi-node prefixes read as one, across steps
         text_config = self.model.config.get_text_config()
         self.num_layers = int(text_config.num_hidden_layers)
         self.num_kv_heads = int(
@@ -88,7 +90,7 @@ class ModelRunner:
         kwargs: dict[str, Any] = {}
         if batch.pixel_values:
             kwargs["pixel_values"] = torch.cat(batch.pixel_values).to(device, self.dtype)
-        backend = self.backend_cls(batch.segments)
+        backend = self.backend_cls(batch.segments, self.joined_chains)
         hook = None
         if batch.capture_hidden:
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ted_sglang.engine.protocol import RequestError
+from ted_sglang.engine.errors import RequestError
 
 logger = logging.getLogger("ted_sglang.engine")
 

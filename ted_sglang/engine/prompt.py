@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ted_sglang.engine.errors import RequestError
 from ted_sglang.engine.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, max_prompt_chars
-from ted_sglang.engine.protocol import RequestError
 
 if TYPE_CHECKING:
     import torch

@@ -331,6 +331,8 @@ class Scheduler:
                 queue.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        if not self.running and not self.prefilling:
+            self.runner.joined_chains.clear()  # no joined prefix is read any more
 
     def abort(self, seq: Sequence, message: str, status_code: int = 500) -> None:
         if not seq.is_finished:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ted_sglang.engine.kv import SequenceKV
     from ted_sglang.engine.prompt import ImageInput
-    from ted_sglang.engine.protocol import SamplingParams
     from ted_sglang.engine.radix_cache import TreeNode
+    from ted_sglang.engine.sampling_params import SamplingParams
     from ted_sglang.engine.stop_match import StopRegex
 
 

@@ -33,16 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ted_sglang.engine.client_watch import stream_error, wait_finished
 from ted_sglang.engine.config import EngineConfig
+from ted_sglang.engine.errors import ContractError, RequestError
 from ted_sglang.engine.limits import BodySizeLimit, find_lone_surrogate
 from ted_sglang.engine.profiler import ProfileSettings, parse_profile_request
-from ted_sglang.engine.protocol import (
-    ContractError,
-    GenerateItem,
-    RequestError,
-    SamplingParams,
-    parse_abort,
-    parse_generate,
-)
+from ted_sglang.engine.protocol import GenerateItem, parse_abort, parse_generate
+from ted_sglang.engine.sampling_params import SamplingParams
 from ted_sglang.engine.server_info import ServerInfo
 from ted_sglang.engine.server_info import model_info as build_model_info
 from ted_sglang.engine.streaming import StreamChunks

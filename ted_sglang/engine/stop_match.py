@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ted_sglang.engine.protocol import RequestError
+from ted_sglang.engine.errors import RequestError
 
 MIN_WINDOW_TOKENS = 16
 MAX_WINDOW_TOKENS = 1024

@@ -6,7 +6,8 @@ of many workers.  With several endpoints, each request goes to the one with the 
 requests in flight (ties in turn).  An endpoint that refuses connections is skipped for
 ``cooldown_s`` and the request goes to another one.  A request that got no answer
 because its kept-alive connection was closed under it is sent once more; nothing else
-is retried.
+is retried.  A request that is cancelled (its client went away) closes its connection,
+which makes the engine abort it, and stops counting as in flight.
 """
 
 from __future__ import annotations
@@ -111,20 +112,18 @@ class Backend:
             endpoint.outstanding += 1
             try:
                 response = await self.client.send(request, stream=stream)
-            except httpx.ConnectError as exc:  # nothing was sent: another endpoint
+            except BaseException as exc:  # cancelled too: httpx closed the connection
                 endpoint.outstanding -= 1
-                self._down(endpoint, exc)
-                tried.add(endpoint.url)
-                continue
-            except _DROPPED as exc:  # a pooled connection closed under us: once more
-                endpoint.outstanding -= 1
-                if dropped:
+                if isinstance(exc, httpx.ConnectError):  # nothing was sent: another endpoint
+                    self._down(endpoint, exc)
+                    tried.add(endpoint.url)
+                    continue
+                if isinstance(exc, _DROPPED) and not dropped:  # a pooled connection closed
+                    dropped = True  # under us: once more
+                    continue
+                if isinstance(exc, httpx.HTTPError):
                     raise _failure(endpoint, exc) from None
-                dropped = True
-                continue
-            except httpx.HTTPError as exc:
-                endpoint.outstanding -= 1
-                raise _failure(endpoint, exc) from None
+                raise
             endpoint.requests += 1
             if response.status_code == 200:
                 return endpoint, response
@@ -281,8 +280,9 @@ def _http_error(endpoint: Endpoint, status: int, content: bytes) -> ServeError:
 
 
 def error_from_body(endpoint: Endpoint | None, status: int, body: Any) -> ServeError:
-    """A client error of the engine stays a 4xx with its message; anything else is a 502
-    from a remote ``endpoint`` (a 500 from the engine in this process: ``None``)."""
+    """A client error of the engine stays a 4xx with its message, and a 503 (the engine
+    turned the request away, e.g. an operator's abort with a message) a 503; anything else
+    is a 502 from a remote ``endpoint`` (a 500 from the engine in this process: ``None``)."""
     message = body
     if isinstance(body, dict):
         err = body.get("error")
@@ -290,6 +290,9 @@ def error_from_body(endpoint: Endpoint | None, status: int, body: Any) -> ServeE
     message = str(message or body)
     if 400 <= status < 500 and status not in (404, 405):
         return ServeError(message, 400 if status == 422 else status)
+    if status == 503:
+        where = "the engine" if endpoint is None else f"the SGLang endpoint {endpoint.url}"
+        return ServeError(f"{where} is unavailable: {message}", 503)
     if endpoint is None:
         return ServeError(f"the engine failed ({status}): {message}", 500)
     endpoint.failures += 1

@@ -12,6 +12,9 @@ Model names: a request naming another model than the one served gets 404
 ``model_not_found`` unless ``accept_any_model`` (SGLang's own server accepts any name).
 ``max_tokens`` beyond the context: 400 as SGLang does, unless ``allow_auto_truncate``,
 which fits it to the room the prompt leaves (counted by the engine when it matters).
+
+A client that disconnects while its engine request runs (or waits for its first event)
+has that request cancelled: closing it makes the engine abort it and free its KV.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from ted_sglang.engine.client_watch import ClientGone, until_disconnect
 from ted_sglang.serve.errors import ServeError, error_body
 from ted_sglang.serve.http_edge import DEFAULT_MAX_BODY_BYTES, read_json, require_key, validate
 from ted_sglang.serve.logprobs import request_fields
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from ted_sglang.serve.chat_format import ChatFormat
 
 logger = logging.getLogger("ted_sglang.serve")
+T = TypeVar("T")
 
 
 class Generator(Protocol):
@@ -272,7 +277,7 @@ async def fit_max_tokens(
         )
     count = {k: body[k] for k in ("text", "image_data") if k in body}
     count["sampling_params"] = {"max_new_tokens": 0}
-    results = as_list(await model.generator.generate(count, client))
+    results = as_list(await _unless_gone(client, model.generator.generate(count, client)))
     longest = max(int(r["meta_info"]["prompt_tokens"]) for r in results)
     params["max_new_tokens"] = max(0, min(wanted, context - longest))
 
@@ -301,10 +306,10 @@ async def run(
             service.on_served(h.id, bank, metas, h.n)
 
     if stream:
-        events = await _open_stream(model.generator, body, client)
+        events = await _unless_gone(client, _open_stream(model.generator, body, client))
         chunks = event_stream(h, events, num_choices, include_usage, on_done=done)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-    results = as_list(await model.generator.generate(body, client))
+    results = as_list(await _unless_gone(client, model.generator.generate(body, client)))
     if len(results) != num_choices:
         raise ServeError(f"the engine returned {len(results)} results, not {num_choices}", 502)
     response = completion_body(h, results)
@@ -312,6 +317,15 @@ async def run(
     if service.options.echo_prompt:
         response["ted"] = {"bank_version": bank and bank.version, "prompt": prompt_text}
     return JSONResponse(response, headers=headers)
+
+
+async def _unless_gone(client: Request, work: Awaitable[T]) -> T:
+    """``work`` (an engine request), cancelled when the client disconnects first: a 499
+    that nobody reads."""
+    try:
+        return await until_disconnect(work, client.receive)
+    except ClientGone:
+        raise ServeError("the client went away", 499) from None
 
 
 class _Peeked:
