@@ -229,6 +229,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB (Linux /proc; None elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 class CpuMeter:
     """CPU time the serve process spends per request, less what it spends idle (its
     timers and file watcher), measured over a phase."""
@@ -267,15 +279,18 @@ async def run_load(
     serial = Paths(serve_url, engine_url, bank, args.max_tokens)
     rng = random.Random(args.seed + 1)
     idle = await idle_cpu_per_s(serve_pid)
+    rss = {"after_warmup": rss_mib(serve_pid)}
     meter = CpuMeter(serve_pid, idle)
     for i in range(args.serial_requests):
         await serial.pair(rng.choice(questions), serve_first=i % 2 == 0)
     serial_report = serial.report()
     serial_report["serve_cpu_ms_per_request"] = meter.per_request_ms(serial)
+    rss["after_serial"] = rss_mib(serve_pid)
     loaded = Paths(serve_url, engine_url, bank, args.max_tokens)
     meter = CpuMeter(serve_pid, idle)
     concurrent = await concurrent_phase(loaded, questions, args.clients, args.duration, args.seed)
     concurrent["serve_cpu_ms_per_request"] = meter.per_request_ms(loaded)
+    rss["after_concurrent"] = rss_mib(serve_pid)
     for paths in (warm, serial, loaded):
         await paths.client.aclose()
     return {
@@ -286,6 +301,7 @@ async def run_load(
         },
         "warmup_errors": warm.errors[:5],
         "serve_idle_cpu_ms_per_s": idle * 1000,
+        "serve_rss_mib": rss,
         "serial": serial_report,
         "concurrent": concurrent,
     }
@@ -347,6 +363,12 @@ def print_report(result: dict[str, Any]) -> None:
         print(
             f"  cached/prompt tokens via serve: {r['serve_cached_over_prompt']:.3f} "
             f"(direct {r['direct_cached_over_prompt']:.3f})"
+        )
+    rss = result["serve_rss_mib"]
+    if None not in rss.values():
+        print(
+            "serve resident memory: "
+            + " -> ".join(f"{v:.1f} MiB ({k.replace('_', ' ')})" for k, v in rss.items())
         )
     c = result["concurrent"]
     print(

@@ -12,6 +12,7 @@
 Nothing here imports torch, transformers, sglang or xgrammar.
 """
 
+from ted_sglang.bank.apply_report import ApplyReport, OpResult
 from ted_sglang.bank.bank import ExperienceBank
 from ted_sglang.bank.compression import (
     CompressionBudget,
@@ -35,7 +36,6 @@ from ted_sglang.bank.operations import (
     operations_schema_text,
 )
 from ted_sglang.bank.render import Tokenize, approx_tokenize, prefix_retention
-from ted_sglang.bank.report import ApplyReport, OpResult
 from ted_sglang.bank.similarity import (
     Similarity,
     near_duplicate_groups,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ted_sglang.bank.apply_report import OpResult
 from ted_sglang.bank.experience import (
     Experience,
     format_id,
@@ -24,7 +25,6 @@ from ted_sglang.bank.operations import (
     Rejection,
     parse_operation,
 )
-from ted_sglang.bank.report import OpResult
 from ted_sglang.bank.usage import Usage
 
 

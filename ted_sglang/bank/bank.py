@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ted_sglang.bank.apply import execute, judge, op_results
+from ted_sglang.bank.apply_report import ApplyReport
 from ted_sglang.bank.experience import Experience, format_id
 from ted_sglang.bank.history import BankDiff, VersionRecord, diff_entries, replay
 from ted_sglang.bank.locking import DEFAULT_LOCK_TIMEOUT_S, bank_lock
 from ted_sglang.bank.meta import BankMeta, check_json
 from ted_sglang.bank.operations import OperationLimits, load_document, operations_schema
 from ted_sglang.bank.render import render_text
-from ted_sglang.bank.report import ApplyReport
 from ted_sglang.bank.storage import (
     FORMAT_NAME,
     FORMAT_VERSION,

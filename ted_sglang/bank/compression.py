@@ -20,8 +20,8 @@ from ted_sglang.bank.similarity import Similarity, prepare, token_jaccard
 from ted_sglang.bank.usage import utility
 
 if TYPE_CHECKING:
+    from ted_sglang.bank.apply_report import ApplyReport
     from ted_sglang.bank.bank import ExperienceBank
-    from ted_sglang.bank.report import ApplyReport
 
 
 @dataclass(frozen=True)
