@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def distill_command(
         "--max-text-chars", "80", "--no-progress", "--batch-size", "2",
         "--no-skip-uniform", "--similarity", "text", *extra,
     ]  # fmt: skip
+
+
+def finish_distill(command: list[str]) -> None:
+    """Run a :func:`distill_command` (a ``--resume``) to its end: it must succeed."""
+    finish = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-3000:]
 
 
 def run_distill(data_dir: Path, bank: Path, *extra: str) -> int:

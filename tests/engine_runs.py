@@ -34,9 +34,11 @@ def run_forks(
     on_step: Callable[[Scheduler, RadixCache], None],
     chunk: int = 2048,
     cached: Seq[list[int]] = (),
+    sampling: SamplingParams | None = None,
 ) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """Greedy generations of ``prompts`` submitted together, through the real scheduler;
-    returns each one's output ids and the logits it sampled from ``[new_tokens, vocab]``.
+    """Generations of ``prompts`` submitted together (greedy unless ``sampling``), through
+    the real scheduler; returns each one's output ids and the logits it sampled from
+    ``[new_tokens, vocab]``.
 
     ``cached``: prompts run first, one after another and without output, so that the
     cache holds their KV as the nodes those requests leave (``on_step`` is not called).
@@ -57,7 +59,7 @@ def run_forks(
         while scheduler.has_work:
             step()
     seqs = [
-        Sequence(f"r{i}", p, list(p), SamplingParams(top_k=1), new_tokens, frozenset())
+        Sequence(f"r{i}", p, list(p), sampling or SamplingParams(top_k=1), new_tokens, frozenset())
         for i, p in enumerate(prompts)
     ]
     for seq in seqs:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,23 @@ os.replace = stuck
 doc = {"operations": [{"op": "add", "text": f"An edit by process {os.getpid()}."}]}
 ExperienceBank.update_file(sys.argv[1], lambda bank: bank.apply(doc))
 """
+
+
+@contextmanager
+def stuck_writer(path: Path) -> Iterator[subprocess.Popen]:
+    """A :data:`STUCK_WRITER` on ``path``, its temp file written; killed on leaving."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "temp file written\n", proc.stderr.read()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def start_bank(path: Path) -> None:
@@ -145,20 +164,9 @@ def test_killed_writers_leave_at_most_one_temp_file(tmp_path: Path) -> None:
     start_bank(path)
     before = path.read_bytes()
     for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", STUCK_WRITER, str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout.readline() == "temp file written\n", proc.stderr.read()
+        with stuck_writer(path) as proc:
             os.kill(proc.pid, signal.SIGKILL)  # it holds the lock: the kernel frees it
             proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         (stale,) = leftovers(tmp_path)
         assert stale.startswith(".bank.json.") and stale.endswith(".ted-tmp")
         assert path.read_bytes() == before
@@ -183,14 +191,7 @@ def test_a_temp_file_of_another_file_is_not_touched(tmp_path: Path) -> None:
 def test_a_writer_holding_the_lock_makes_others_wait_then_give_up(tmp_path: Path) -> None:
     path = tmp_path / "bank.json"
     start_bank(path)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", STUCK_WRITER, str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "temp file written\n"
+    with stuck_writer(path):
         bank = ExperienceBank.load(path)
         bank.apply({"operations": [{"op": "add", "text": "Waits for the lock."}]})
         started = time.monotonic()
@@ -198,9 +199,6 @@ def test_a_writer_holding_the_lock_makes_others_wait_then_give_up(tmp_path: Path
             bank.save(path, lock_timeout_s=0.3)
         assert 0.3 <= time.monotonic() - started < 5
         assert str(path) in str(info.value) and isinstance(info.value, BankFileError)
-    finally:
-        holder.kill()
-        holder.wait()
     bank.save(path)  # the kernel released the dead holder's lock
     assert "Waits for the lock." in texts_in(path)
 
@@ -296,3 +294,21 @@ def test_serve_usage_apply_waits_for_a_writer_holding_the_lock(tmp_path: Path) -
     bank = ExperienceBank.load(path)
     assert "Added by the other writer." in {e.text for e in bank.entries}
     assert bank["E1"].usage.shown == 7
+
+
+def test_a_run_lock_admits_one_run_and_leaves_writes_to_others(tmp_path: Path) -> None:
+    from ted_sglang.bank.locking import run_lock
+
+    path = tmp_path / "bank.json"
+    start_bank(path)
+    doc = {"operations": [{"op": "add", "text": "Written during the run."}]}
+    with run_lock(path, "distill"):
+        refused = pytest.raises(BankFileError, match="another distill run is using it")
+        with refused as info, run_lock(path, "distill"):
+            pass
+        assert str(path) in str(info.value)
+        with run_lock(path, "other"):  # another kind of run is another lock
+            ExperienceBank.update_file(path, lambda bank: bank.apply(doc))  # writers write
+    with run_lock(path, "distill"):  # released on leaving
+        pass
+    assert "Written during the run." in texts_in(path)

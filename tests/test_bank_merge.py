@@ -4,6 +4,7 @@ one bank with a conflict report (and, with a teacher, merged texts)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,17 @@ def test_bank_merge_cli_reports_conflicts(banks: tuple[Path, Path], tmp_path: Pa
     printed = capsys.readouterr().out
     assert "near-duplicates" in printed and "different student models" in printed
     assert "1 training sample id(s) seen by more than one bank: s2" in printed
+
+
+def test_bank_merge_of_a_file_whose_name_is_not_utf8(banks: tuple[Path, Path], capsys):
+    """The names are recorded in the merged bank, which holds valid Unicode only."""
+    odd = banks[1].with_name(os.fsdecode(b"caf\xe9.json"))
+    banks[1].rename(odd)
+    out = banks[0].with_name("merged.json")
+    args = ["bank", "merge", str(banks[0]), str(odd), "-o", str(out), "--similarity", "text"]
+    assert main(args) == 0, capsys.readouterr().err
+    sources = ExperienceBank.load(out).history[0].meta["sources"]
+    assert [s["bank"] for s in sources] == [str(banks[0]), str(odd.with_name("caf\ufffd.json"))]
 
 
 def test_bank_merge_with_a_teacher(banks: tuple[Path, Path], tmp_path: Path, engine_url, capsys):

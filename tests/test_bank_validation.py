@@ -123,3 +123,40 @@ def test_the_limits_are_the_banks_own(tmp_path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(BankFileError, match="over the bank's limit of 399"):
         ExperienceBank.load(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe\xfd",
+        b"{",
+        None,
+        b'{"format": "ted-sglang-serve-usage"}',
+        b'{"format": "ted-sglang-serve-usage", "entries": []}',
+        b'{"format": "ted-sglang-serve-usage", "entries": {"E1": 3}}',
+        b'{"format": "ted-sglang-serve-usage", "entries": {"E1": {"shown": -1}}}',
+    ],
+    ids=[
+        "nested deep",
+        "not UTF-8",
+        "truncated",
+        "a folder",
+        "no entries",
+        "entries a list",
+        "an entry not an object",
+        "a negative count",
+    ],
+)
+def test_serve_usage_refuses_an_unreadable_usage_file(tmp_path, content, capsys) -> None:
+    path = build(tmp_path)
+    before = path.read_bytes()
+    usage = tmp_path / "bank.json.usage.json"
+    if content is None:
+        usage.mkdir()
+    else:
+        usage.write_bytes(content)
+    for extra in ([], ["--apply"]):
+        assert main(["serve-usage", "--bank", str(path), *extra]) == 2
+        assert f"error: {usage}: " in capsys.readouterr().err
+    assert path.read_bytes() == before

@@ -465,3 +465,22 @@ def test_sample_normalises_and_hashes(tmp_path: Path, monkeypatch):
     assert sample.image == tmp_path.resolve() / "pic.png"
     assert (sample.answer, sample.options, sample.reference_answer) == ("B", ["x", "y"], "B (y)")
     assert len({sample, Sample("s", "Q?", "B", image="pic.png", options=["x", "y"])}) == 1
+
+
+def test_rows_holding_lone_surrogates_are_reported(tmp_path: Path):
+    path = write_lines(
+        tmp_path / "surrogates.jsonl",
+        [
+            '{"id": "a\\ud800", "question": "Q1?", "answer": "1"}',
+            '{"id": "q", "question": "Q\\udfff?", "answer": "1"}',
+            '{"id": "m", "question": "Q3?", "answer": "1", "source": ["\\ud83d"]}',
+            {"id": "ok", "question": "Q4? \U0001f600", "answer": "1"},
+        ],
+    )
+    dataset = load_dataset(path)
+    assert [s.id for s in dataset] == ["ok"]
+    reported = {p.line: str(p) for p in dataset.problems}
+    assert sorted(reported) == [1, 2, 3]
+    for line, name in ((1, "id"), (2, "question"), (3, "source")):
+        assert reported[line].startswith(f"{path}:{line}: ")
+        assert f"field {name!r} holds a lone UTF-16 surrogate" in reported[line]

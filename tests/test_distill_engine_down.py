@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ENGINE_ARGS
-from distill_checks import check_log_matches_bank, distill_command
+from distill_checks import check_log_matches_bank, distill_command, finish_distill
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import launch_engine
@@ -81,13 +81,7 @@ def test_engine_killed_mid_run_stops_distill_then_resume_finishes(
     with launch_engine(
         tiny_model_dir, extra_args=ENGINE_ARGS, log_path=tmp_path / "b.log", timeout=180
     ) as second:
-        finish = subprocess.run(
-            command(data_dir, bank_path, second.url, "--resume"),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert finish.returncode == 0, finish.stderr[-3000:]
+        finish_distill(command(data_dir, bank_path, second.url, "--resume"))
     bank = ExperienceBank.load(bank_path)
     records, bad = read_log(tmp_path / "bank.log.jsonl")
     assert bad == 0
@@ -120,17 +114,52 @@ def test_another_writer_mid_run_stops_distill_without_losing_its_edit(
         pytest.skip("the run committed its last batch before the other writer's edit")
     assert proc.returncode == 3, err[-3000:]
     assert err.count("distill stopped:") == 1 and "another writer changed" in err
+    assert "still at version" in err  # the other writer's edit did not move the version
     bank = ExperienceBank.load(bank_path)
     assert bank.meta.extra["operator"] == "was here"
-    finish = subprocess.run(
-        command(data_dir, bank_path, engine_url, "--resume"),
-        capture_output=True,
+    finish_distill(command(data_dir, bank_path, engine_url, "--resume"))
+    bank = ExperienceBank.load(bank_path)
+    assert bank.meta.extra["operator"] == "was here"
+    check_log_matches_bank(bank, read_log(tmp_path / "bank.log.jsonl")[0])
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_bank_is_refused_at_once(
+    data_dir: Path, engine_url: str, tmp_path: Path
+) -> None:
+    """Without the run lock, the second run raced the first: one of them stopped on a
+    conflict, and the log held the loser's lines of a batch the bank never saved."""
+    bank_path = tmp_path / "bank.json"
+    first = subprocess.Popen(
+        command(data_dir, bank_path, engine_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert finish.returncode == 0, finish.stderr[-3000:]
+    try:
+        wait_for_done(first, bank_path, 2)
+        first.send_signal(signal.SIGSTOP)  # mid-run, holding its run lock, until SIGCONT
+        try:
+            for extra in ("--resume", "--force"):
+                second = subprocess.run(
+                    command(data_dir, bank_path, engine_url, extra),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert second.returncode == 2, second.stderr[-3000:]
+                assert "another distill run is using it" in second.stderr
+                assert str(bank_path) in second.stderr and "Traceback" not in second.stderr
+        finally:
+            first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=240)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err[-3000:]
     bank = ExperienceBank.load(bank_path)
-    assert bank.meta.extra["operator"] == "was here"
+    assert len(bank.meta.extra["distill"]["done"]) == NUM_SAMPLES
     check_log_matches_bank(bank, read_log(tmp_path / "bank.log.jsonl")[0])
 
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from distill_checks import check_log_matches_bank, distill_command
+from distill_checks import check_log_matches_bank, distill_command, finish_distill
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.loop.steplog import read_log
@@ -68,13 +68,7 @@ def test_sigkill_then_resume_processes_each_sample_once(
         len(done_after_first) * 3 // 2 + 1,  # kept lines (2 steps + 1 batch per batch) + 1
         rng.uniform(0, 1.0),
     )
-    finish = subprocess.run(
-        command(data_dir, bank_path, engine_url, "--resume"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert finish.returncode == 0, finish.stderr[-2000:]
+    finish_distill(command(data_dir, bank_path, engine_url, "--resume"))
     bank = ExperienceBank.load(bank_path)
     records, bad = read_log(log)
     steps = [r for r in records if r["event"] == "step"]

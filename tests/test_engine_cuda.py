@@ -11,34 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_runs import run_forks
 
 from ted_sglang.engine.attention import AttentionBackend, SharedPrefixBackend
 from ted_sglang.engine.model_loader import load_model
 from ted_sglang.engine.model_runner import ModelRunner
-from ted_sglang.engine.output import OutputBuilder
-from ted_sglang.engine.radix_cache import RadixCache
 from ted_sglang.engine.sampler import Sampler
 from ted_sglang.engine.sampling_params import SamplingParams
-from ted_sglang.engine.scheduler import Scheduler
 from ted_sglang.engine.sequence import Sequence
 
 
-def generate(runner: ModelRunner, prompts: list[list[int]], sampling: SamplingParams, steps: int):
-    """Output ids of ``prompts`` submitted together, through the real scheduler and sampler."""
-    scheduler = Scheduler(runner, RadixCache(10_000), OutputBuilder(None), 16, 2048)
-    sampler = Sampler(seed=0)
-    seqs = [
-        Sequence(f"r{i}", p, list(p), sampling, steps, frozenset()) for i, p in enumerate(prompts)
-    ]
-    for seq in seqs:
-        scheduler.add(seq)
-    while scheduler.has_work:
-        plan = scheduler.schedule()
-        assert plan is not None
-        logits = runner.forward(plan.forward)
-        scheduler.postprocess(plan, sampler.sample(logits[plan.sample_rows], plan.sample_seqs))
-    assert all(s.finish_reason == {"type": "length", "length": steps} for s in seqs)
-    return [s.output_ids for s in seqs]
+def generate(
+    runner: ModelRunner,
+    prompts: list[list[int]],
+    steps: int,
+    sampling: SamplingParams | None = None,
+) -> list[list[int]]:
+    """Output ids of ``prompts`` submitted together (greedy unless ``sampling``)."""
+    return run_forks(runner, prompts, steps, lambda *_: None, sampling=sampling)[0]
 
 
 def fork_prompts() -> list[list[int]]:
@@ -50,7 +40,7 @@ def fork_prompts() -> list[list[int]]:
 def test_unconstrained_decoding_needs_no_xgrammar(tiny_model_dir: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar now fails
     loaded = load_model(tiny_model_dir)
-    out = generate(ModelRunner(loaded, SharedPrefixBackend), fork_prompts(), SamplingParams(), 4)
+    out = generate(ModelRunner(loaded, SharedPrefixBackend), fork_prompts(), 4, SamplingParams())
     assert [len(o) for o in out] == [4, 4, 4]
 
 
@@ -58,10 +48,9 @@ def test_unconstrained_decoding_needs_no_xgrammar(tiny_model_dir: Path, monkeypa
 @pytest.mark.parametrize("backend", [AttentionBackend, SharedPrefixBackend])
 def test_forks_decode_on_cuda_as_on_the_cpu(tiny_model_dir: Path, backend) -> None:
     prompts = fork_prompts()
-    greedy = SamplingParams(top_k=1)
-    on_cpu = generate(ModelRunner(load_model(tiny_model_dir)), prompts, greedy, 8)
+    on_cpu = generate(ModelRunner(load_model(tiny_model_dir)), prompts, 8)
     cuda = load_model(tiny_model_dir, device="cuda", dtype="float32")
-    assert generate(ModelRunner(cuda, backend), prompts, greedy, 8) == on_cpu
+    assert generate(ModelRunner(cuda, backend), prompts, 8) == on_cpu
 
 
 @pytest.mark.gpu

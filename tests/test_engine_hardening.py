@@ -140,6 +140,20 @@ def test_stop_regex_window_and_budget() -> None:
         StopRegex.compile(["(a{1000}){1000}"])  # compiled, it would hold a million items
 
 
+def test_the_samples_of_a_request_share_its_compiled_stop_regex_not_its_budget() -> None:
+    from ted_sglang.engine.protocol import parse_generate
+
+    body = {"text": ["a", "b"], "sampling_params": {"n": 8, "stop_regex": ["x+", "y{3}z"]}}
+    sp = parse_generate(body).items[0].sampling
+    compiled = sp.stop_matcher
+    assert compiled is not None and compiled is sp.stop_matcher  # compiled once
+    first, second = compiled.fresh(), compiled.fresh()  # one per sequence
+    assert first.patterns is second.patterns is compiled.patterns
+    first.spent_s = 0.5
+    assert second.spent_s == compiled.spent_s == 0.0
+    assert first.window_tokens == second.window_tokens == compiled.window_tokens
+
+
 def test_oversized_bodies_are_refused_before_parsing(guarded: httpx.Client) -> None:
     big = b'{"text": "' + b"a" * (MAX_REQUEST_BYTES + 10) + b'"}'
     headers = {"content-type": "application/json"}
@@ -156,6 +170,28 @@ def test_oversized_bodies_are_refused_before_parsing(guarded: httpx.Client) -> N
     small = b'{"text": "' + b"a " * 1000 + b'", "sampling_params": {"max_new_tokens": 1}}'
     assert guarded.post("/generate", content=small, headers=headers).status_code == 200
     assert guarded.get("/health").status_code == 200
+
+
+def test_health_answers_while_a_large_body_is_decoded(engine_url: str) -> None:
+    # 12 MB holding two million strings: decoding and checking it takes seconds of CPU,
+    # which must not be spent on the thread that answers /health.
+    sampling = {"max_new_tokens": 1, "custom_params": ["ab"] * 2_000_000}
+    body = {"text": "a", "sampling_params": sampling}
+    raw = json.dumps(body).encode()
+    latencies: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_health_times, args=(engine_url, stop, latencies), daemon=True)
+    poller.start()
+    try:
+        time.sleep(0.2)
+        headers = {"content-type": "application/json"}
+        response = httpx.post(engine_url + "/generate", content=raw, headers=headers, timeout=60)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        poller.join(timeout=5)
+    assert response.status_code == 200, response.text
+    assert latencies and max(latencies) < 1.0, latencies
 
 
 def test_over_long_text_is_refused_before_tokenizing(engine_url: str, tiny_model_dir: Path) -> None:
@@ -380,3 +416,30 @@ def test_bad_values_are_400_and_the_connection_stays_usable(engine_url: str, bod
         assert response.status_code == 400, response.text
         assert response.json()["error"]["message"]
         assert client.get("/health", timeout=1).status_code == 200  # same connection
+
+
+def _nested_schema(depth: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth - 1):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def test_grammar_compile_work_is_bounded(engine_url: str) -> None:
+    from ted_sglang.bank import OperationLimits, operations_schema
+
+    def post(**sampling) -> httpx.Response:
+        body = {"text": "a", "sampling_params": {"max_new_tokens": 1, **sampling}}
+        return httpx.post(engine_url + "/generate", json=body, timeout=60)
+
+    deep = post(json_schema=json.dumps(_nested_schema(200)))
+    assert deep.status_code == 400 and "nested more than 64" in deep.text, deep.text
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<", "end": ">",
+           "content": {"type": "json_schema", "json_schema": _nested_schema(200)}}}  # fmt: skip
+    assert post(structural_tag=json.dumps(tag)).status_code == 400
+    huge = post(regex="|".join(f"a{i}" for i in range(20_000)))
+    assert huge.status_code == 400 and "characters" in huge.text, huge.text
+    # What the loop itself sends stays well inside the bounds.
+    ids = [f"E{i}" for i in range(1, 301)]
+    assert post(json_schema=json.dumps(operations_schema(ids, OperationLimits()))).is_success
+    assert post(json_schema=json.dumps(_nested_schema(32))).is_success

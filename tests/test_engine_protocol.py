@@ -190,6 +190,13 @@ def test_sglang_request_fields_are_parsed() -> None:
     assert [i.token_ids_logprob for i in per_prompt.items] == [[1], [2, 3]]
 
 
+def test_the_prompts_of_a_batch_share_one_parse_of_their_sampling_params() -> None:
+    req = parse_generate({"text": ["a", "b"], "sampling_params": {"n": 2, "stop_regex": "x+"}})
+    assert len({id(item.sampling) for item in req.items}) == 1
+    per_prompt = parse_generate({"text": ["a", "b"], "sampling_params": [{"n": 2}, {"n": 2}]})
+    assert len({id(item.sampling) for item in per_prompt.items}) == 2
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
@@ -197,6 +204,9 @@ def test_sglang_request_fields_are_parsed() -> None:
         ({"text": ["a"], "sampling_params": {"n": 2}, "return_logprob": [True]}, "parallel"),
         ({"text": "a", "token_ids_logprob": list(range(257))}, "at most 256"),
         ({"text": "a", "token_ids_logprob": [-1]}, "non-negative"),
+        ({"text": "a", "return_logprob": True, "top_logprobs_num": 257}, "at most 256"),
+        ({"text": ["a"] * 65, "sampling_params": {"n": 64}}, "at most 4096 samples"),
+        ({"input_ids": [[1]] * 4097}, "at most 4096 samples"),
         ({"text": "a", "priority": 1 << 63}, "64-bit"),
         ({"text": ["a", "b"], "rid": ["x", "x"]}, "Duplicate"),
         (

@@ -306,6 +306,21 @@ def test_bad_profile_requests_are_400(inc: httpx.Client, body) -> None:
     assert inc.post("/stop_profile").status_code == 400  # nothing was left running
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"output_dir": "\\ud800"}',
+        b'{"output_dir": "a\\u0000b"}',
+    ],
+    ids=["nested", "lone-surrogate", "nul"],
+)
+def test_odd_profile_bodies_are_400(inc: httpx.Client, raw: bytes) -> None:
+    response = inc.post("/start_profile", content=raw)
+    assert response.status_code == 400, response.text
+    assert inc.post("/stop_profile").status_code == 400  # nothing was left running
+
+
 def test_stream_interval_setting_is_checked() -> None:
     from ted_sglang.engine.config import EngineConfig
 

@@ -20,18 +20,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "gpu" / "build_kit.py"
 RUN = ROOT / "bench" / "gpu" / "run.sh"
+SUMMARY = ROOT / "bench" / "gpu" / "summary.py"
 LIMIT = 64 * 1024 * 1024
 MIB = 1024 * 1024
 
 
-def build(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--out", str(out), "--cache", str(cache), *extra],
+def run_build(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BUILD), "--out", str(out), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def build(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = run_build(out, "--cache", str(cache), *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -82,19 +87,63 @@ def test_kit_build_trims_flashinfer_and_prints_the_call(tmp_path: Path) -> None:
     assert "of 64 MiB" in proc.stdout
 
 
-def test_kit_build_refuses_a_folder_that_is_not_a_kit(tmp_path: Path) -> None:
+def test_kit_build_replaces_its_own_kit(tmp_path: Path) -> None:
+    cache, kit = tmp_path / "cache", tmp_path / "kit"
+    write_fake_flashinfer(cache)
+    build(kit, cache, "--skip-downloads")
+    (kit / "flashinfer-python-0.7.2.tar.xz").write_bytes(b"stale")
+    build(kit, cache, "--skip-downloads")
+    assert "flashinfer/__init__.py" in tar_names(kit / "flashinfer-python-0.7.2.tar.xz")
+
+
+NOT_KITS = {  # what a folder holds; --out names the folder, or its notes.txt
+    "no manifest": ({}, ""),
+    "another's manifest": ({"MANIFEST.json": '{"name": "theirs"}'}, ""),
+    "a kit and more": (
+        {"MANIFEST.json": '{"files": {"tokenizer/tokenizer.json": 2}}',
+         "tokenizer/tokenizer.json": "{}"},
+        "",
+    ),
+    "a file": ({}, "notes.txt"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", list(NOT_KITS))
+def test_kit_build_refuses_a_folder_that_is_not_a_kit(tmp_path: Path, layout: str) -> None:
+    files, out = NOT_KITS[layout]
     precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "notes.txt").write_text("keep me")
-    proc = subprocess.run(
-        [sys.executable, str(BUILD), "--out", str(precious), "--skip-downloads"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    for name, text in {**files, "notes.txt": "keep me"}.items():
+        (precious / name).parent.mkdir(parents=True, exist_ok=True)
+        (precious / name).write_text(text)
+    proc = run_build(precious / out, "--skip-downloads")
     assert proc.returncode != 0 and "not a GPU kit" in proc.stderr
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_summary_table_keeps_its_columns_when_a_method_is_missing(tmp_path: Path) -> None:
+    full = {"N": 16, "P": 8192, "S": 256, "shared_us": 10.0, "req-tri_us": 80.0,
+            "req-sdpa_us": 90.0, "fi-casc_us": 12.0, "speedup_vs_req-tri": 8.0,
+            "speedup_vs_req-sdpa": 9.0, "speedup_vs_fi-casc": 1.2, "bound": 11.3}  # fmt: skip
+    only_shared = {"N": 4, "P": 2048, "S": 256, "shared_us": 5.0, "bound": 2.9}
+    kernels = {"device": "a GPU", "rows": [full, only_shared]}
+    (tmp_path / "kernels.json").write_text(json.dumps(kernels))
+    proc = subprocess.run(
+        [sys.executable, str(SUMMARY), str(tmp_path), str(tmp_path / "no-status.tsv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("kernels (a GPU)")[1].splitlines()[1:4]  # head and two rows
+    assert len({len(line) for line in table}) == 1, table
+    assert "goal 0.70: met" in proc.stdout and "goal 1.00: met" in proc.stdout
+
+
+def test_engine_benchmark_refuses_a_run_with_no_decode_step() -> None:
+    script = ROOT / "bench" / "gpu" / "engine_forks.py"
+    cmd = [sys.executable, str(script), "--tokenizer", "unused", "--new-tokens", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--new-tokens must be at least 2" in proc.stderr
 
 
 @pytest.mark.slow

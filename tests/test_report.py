@@ -209,3 +209,89 @@ def test_empty_log_and_bad_files(tmp_path: Path, run: Run, capsys) -> None:
     for args, message in cases:
         assert main(["report", *args, "-o", out]) == 2
         assert message in capsys.readouterr().err
+
+
+def hand_log(path: Path, *extra: str) -> Path:
+    """A log of 4 steps in 2 committed batches, written by hand (each batch's count of
+    dropped proposals too large for a float), then ``extra`` lines."""
+    lines = []
+    for i in range(4):
+        lines.append(json.dumps({
+            "event": "step", "step": i, "sample_id": f"s{i}", "batch": i // 2,
+            "student_correct": 1, "student_total": 2,
+            "tokens": {"student": {"prompt": 100, "cached": 50, "completion": 9}},
+            "seconds": {"student": 1.0, "extraction": 0.5},
+        }))  # fmt: skip
+    for b in range(2):
+        results = [{"op": "add", "status": "applied"}]
+        lines.append(json.dumps({
+            "event": "batch", "batch": b, "steps": [2 * b, 2 * b + 1], "bank_size": b + 1,
+            "bank_version_before": b, "bank_version_after": b + 1, "seconds": 2.0,
+            "operations": {"results": results}, "reconcile": {"dropped": 10**400},
+        }))  # fmt: skip
+    path.write_text("\n".join([*lines, *extra]) + "\n")
+    return path
+
+
+def test_hostile_numbers_and_shapes_make_a_report(tmp_path: Path, capsys) -> None:
+    """Numbers too large for a float, NaN and infinity (Python's json reads them), a
+    number of thousands of digits, deep nesting, mathtext, and fields of the wrong type
+    in the log, an eval report or the bank's checkpoint: shown as missing, never a crash."""
+    from bank_files import write_bank
+
+    log = hand_log(
+        tmp_path / "bank.log.jsonl",
+        '{"event": "step", "step": ' + "9" * 5000 + "}",
+        "[" * 100_000 + "]" * 100_000,
+        json.dumps({"event": "step", "step": 10**400, "sample_id": "huge", "batch": 1,
+                    "student_correct": 1, "student_total": 2}),
+    )  # fmt: skip
+    bank = write_bank(tmp_path / "bank.json", "Check the units before the final answer.")
+    bank.meta.extra["distill"] = "not a checkpoint"
+    bank.save(tmp_path / "bank.json")
+    odd = {"pass_at_1": float("nan"), "mean_at_n": float("inf"), "num_samples": 2}
+    report = {
+        "conditions": {
+            "no_bank": {**odd, "by_category": {"$\\frac{$": odd}},
+            "bank": {"pass_at_1": 10**400, "mean_at_n": 0.5, "by_category": {"$\\frac{$": odd}},
+        },
+        "rollouts": [2],
+        "delta": [1],
+    }
+    eval_path, other = tmp_path / "eval.json", tmp_path / "other.json"
+    eval_path.write_text(json.dumps(report))
+    other.write_text(json.dumps({**report, "rollouts": "$\\frac{$", "delta": {"pass_at_1": 1e999}}))
+    page = build_report(log, tmp_path / "bank.json", [eval_path, other])
+    assert plots_in(page) == set(PLOT_IDS)
+    assert "nan%" not in page and "inf%" not in page
+    assert "2 unreadable line(s)" in page and "1 line(s) without the fields" in page
+    assert "mean@N" in page
+
+    out = str(tmp_path / "r.html")
+    for text in ("[" * 100_000, '{"conditions": {"a": {}}, "n": ' + "9" * 5000 + "}"):
+        eval_path.write_text(text)
+        assert main(["report", "--log", str(log), "--eval", str(eval_path), "-o", out]) == 2
+        assert f"{eval_path}: not a JSON eval report" in capsys.readouterr().err
+
+
+def test_eval_reports_are_bounded(tmp_path: Path, capsys) -> None:
+    """An eval report of thousands of conditions or categories is refused or cut, not drawn
+    for minutes."""
+    from ted_sglang.report.build import MAX_CATEGORY_ROWS
+
+    log = hand_log(tmp_path / "bank.log.jsonl")
+    figures = {"pass_at_1": 0.5, "mean_at_n": 0.5, "num_samples": 1}
+    by_category = {f"k{i:04d}": figures for i in range(MAX_CATEGORY_ROWS + 7)}
+    conditions = {"no_bank": {**figures, "by_category": by_category}}
+    eval_path = tmp_path / "eval.json"
+    eval_path.write_text(json.dumps({"conditions": conditions}))
+    page = build_report(log, None, [eval_path])
+    rows = re.search(r'<table id="eval-categories">.*?</table>', page, re.S)
+    assert rows and rows.group(0).count("<tr>") == MAX_CATEGORY_ROWS + 1
+    assert "7 more categories not listed" in page
+
+    many = {f"c{i}": {**figures, "by_category": {}} for i in range(1000)}
+    eval_path.write_text(json.dumps({"conditions": many}))
+    out = str(tmp_path / "r.html")
+    assert main(["report", "--log", str(log), "--eval", str(eval_path), "-o", out]) == 2
+    assert "1000 conditions, more than an eval report has" in capsys.readouterr().err

@@ -13,10 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from bank_files import write_bank
-
-from ted_sglang.engine.launcher import free_port
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
+from serve_threads import serve_thread
 
 ADMIN = "admin-abort"
 USER = [{"role": "user", "content": "Count to a thousand."}]
@@ -31,14 +28,7 @@ ROUTES = {
 def serve_url(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     bank = tmp_path_factory.mktemp("serve-abort") / "bank.json"
     write_bank(bank, "Check the units of every quantity before you state the final answer.")
-    settings = ServeSettings(
-        bank_path=bank,
-        endpoints=[engine_url],
-        port=free_port(),
-        admin_token=ADMIN,
-        served_model_name="tiny",
-    )
-    with ServeThread(settings) as url:
+    with serve_thread(bank, engine_url, admin_token=ADMIN) as url:
         yield url
 
 
@@ -175,6 +165,12 @@ OPERATOR_ABORTS = {
 }  # fmt: skip
 
 
+def assert_operator_error(error: dict, message: str) -> None:
+    """``error``: an operator's abort in OpenAI's error shape, its message passed on."""
+    assert set(error) == {"message", "type", "param", "code"}
+    assert message in error["message"] and error["type"] == "server_error"
+
+
 @pytest.mark.parametrize("why", list(OPERATOR_ABORTS))
 @pytest.mark.parametrize("kind", ["chat", "text"])
 def test_an_operator_abort_is_an_openai_error(
@@ -187,9 +183,7 @@ def test_an_operator_abort_is_an_openai_error(
     response = httpx.post(serve_url + route, json=body, timeout=60)
     aborter.join()
     assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert message in error["message"] and error["type"] == "server_error"
+    assert_operator_error(response.json()["error"], message)
     assert wait_until(lambda: idle(engine_url, serve_url), 3.0)
 
 
@@ -209,8 +203,6 @@ def test_an_operator_abort_ends_a_stream_with_an_error_event(
         httpx.post(engine_url + "/abort_request", json=abort, timeout=10)
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]"
-    error = json.loads(rest[-2][len("data: ") :])["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert message in error["message"] and error["type"] == "server_error"
+    assert_operator_error(json.loads(rest[-2][len("data: ") :])["error"], message)
     assert all("error" not in line for line in rest[:-2])
     assert wait_until(lambda: idle(engine_url, serve_url), 3.0)

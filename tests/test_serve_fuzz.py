@@ -15,10 +15,7 @@ import pytest
 from bank_files import write_bank
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from ted_sglang.engine.launcher import free_port
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
+from serve_threads import serve_thread
 
 KEY = "sk-fuzz"
 SPECIAL_STRINGS = [
@@ -102,11 +99,7 @@ def encode(body: Any) -> bytes:
 def serve_url(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("serve-fuzz") / "bank.json"
     write_bank(path, "Check the units of every quantity before you state the final answer.")
-    settings_ = ServeSettings(
-        bank_path=path, endpoints=[engine_url], port=free_port(), api_key=KEY,
-        served_model_name="tiny",
-    )  # fmt: skip
-    with ServeThread(settings_) as url:
+    with serve_thread(path, engine_url, api_key=KEY) as url:
         yield url
 
 

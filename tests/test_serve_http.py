@@ -13,11 +13,9 @@ import jsonschema
 import openai
 import pytest
 from bank_files import write_bank
+from serve_threads import serve_thread
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.engine.launcher import free_port
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
 
 ADMIN = "admin-secret"
 TEXTS = (
@@ -31,16 +29,9 @@ USER = [{"role": "user", "content": "How many balls are in the box?"}]
 def serve_url(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("serve-http") / "bank.json"
     write_bank(path, *TEXTS)
-    settings = ServeSettings(
-        bank_path=path,
-        endpoints=[engine_url],
-        port=free_port(),
-        admin_token=ADMIN,
-        served_model_name="tiny",
-        echo_prompt=True,
-        usage_flush_interval_s=0.2,
-    )
-    with ServeThread(settings) as url:
+    with serve_thread(
+        path, engine_url, admin_token=ADMIN, echo_prompt=True, usage_flush_interval_s=0.2
+    ) as url:
         yield url
 
 
@@ -295,11 +286,7 @@ def test_admin_routes_need_the_token(serve_url: str) -> None:
 def test_api_key_on_and_admin_off(engine_url: str, tmp_path: Path) -> None:
     path = tmp_path / "bank.json"
     write_bank(path, TEXTS[0])
-    settings = ServeSettings(
-        bank_path=path, endpoints=[engine_url], port=free_port(), api_key="sk-test",
-        served_model_name="tiny",
-    )  # fmt: skip
-    with ServeThread(settings) as url:
+    with serve_thread(path, engine_url, api_key="sk-test") as url:
         anonymous = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
             anonymous.chat.completions.create(model="tiny", messages=USER, max_tokens=1)

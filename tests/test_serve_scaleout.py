@@ -15,11 +15,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from serve_threads import serve_thread
 
 from ted_sglang.bank import ExperienceBank
 from ted_sglang.engine.launcher import free_port, launch_engine, start_server
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
 
 ADMIN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -35,14 +34,6 @@ def bank_path(tmp_path: Path) -> Path:
     return tmp_path / "bank.json"
 
 
-def serve(bank_path: Path, endpoints: list[str]) -> ServeThread:
-    settings = ServeSettings(
-        bank_path=bank_path, endpoints=endpoints, port=free_port(), admin_token=ADMIN,
-        served_model_name="tiny",
-    )  # fmt: skip
-    return ServeThread(settings)
-
-
 def endpoint_stats(url: str) -> dict[str, dict]:
     status = httpx.get(url + "/admin/bank", headers=AUTH).json()
     return {e["url"]: e for e in status["endpoints"]}
@@ -51,7 +42,7 @@ def endpoint_stats(url: str) -> dict[str, dict]:
 def test_requests_are_spread_over_endpoints(
     engine_url: str, second_engine_url: str, bank_path: Path
 ) -> None:
-    with serve(bank_path, [engine_url, second_engine_url]) as url:
+    with serve_thread(bank_path, engine_url, second_engine_url, admin_token=ADMIN) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         with ThreadPoolExecutor(8) as pool:
             outs = list(
@@ -74,7 +65,10 @@ def test_dead_endpoint_fails_its_stream_and_is_skipped(
 ) -> None:
     doomed = launch_engine(tiny_model_dir, log_path=tmp_path / "doomed.log", timeout=180)
     try:
-        with serve(bank_path, [doomed.url, engine_url]) as url, contextlib.ExitStack() as open_:
+        with (
+            serve_thread(bank_path, doomed.url, engine_url, admin_token=ADMIN) as url,
+            contextlib.ExitStack() as open_,
+        ):
             client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
             streams = []
             for _ in range(2):  # least outstanding: one stream on each endpoint
@@ -128,7 +122,7 @@ def router_url(engine_url: str, second_engine_url: str, tmp_path: Path) -> Itera
 def test_serve_behind_an_sglang_router(
     router_url: str, bank_path: Path, tiny_model_dir: Path
 ) -> None:
-    with serve(bank_path, [router_url]) as url:
+    with serve_thread(bank_path, router_url, admin_token=ADMIN) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         models = client.models.list().data
         assert [m.id for m in models] == ["tiny"]

@@ -11,11 +11,9 @@ import httpx
 import openai
 import pytest
 from bank_files import add, write_bank
+from serve_threads import serve_thread
 
 from ted_sglang.bank import ExperienceBank
-from ted_sglang.engine.launcher import free_port
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
 
 ADMIN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -57,11 +55,9 @@ def bank_path(tmp_path: Path) -> Path:
 @pytest.fixture()
 def served(engine_url: str, bank_path: Path) -> Iterator[tuple[str, openai.OpenAI]]:
     write_bank(bank_path, "Check the units before you state the final answer.")
-    settings = ServeSettings(
-        bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
-        echo_prompt=True, poll_interval_s=0.1, served_model_name="tiny",
-    )  # fmt: skip
-    with ServeThread(settings) as url:
+    with serve_thread(
+        bank_path, engine_url, admin_token=ADMIN, echo_prompt=True, poll_interval_s=0.1
+    ) as url:
         yield url, openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
 
 
@@ -127,11 +123,9 @@ def test_request_in_flight_keeps_its_version(
 
 def test_admin_reload(engine_url: str, bank_path: Path) -> None:
     bank = write_bank(bank_path, "Check the units before you state the final answer.")
-    settings = ServeSettings(
-        bank_path=bank_path, endpoints=[engine_url], port=free_port(), admin_token=ADMIN,
-        echo_prompt=True, poll_interval_s=3600, served_model_name="tiny",
-    )  # fmt: skip
-    with ServeThread(settings) as url:
+    with serve_thread(
+        bank_path, engine_url, admin_token=ADMIN, echo_prompt=True, poll_interval_s=3600
+    ) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         add(bank, "Draw the figure and label every side first.")
         bank.save(bank_path)

@@ -183,6 +183,32 @@ def test_bad_sampling_values_are_refused_with_their_parameter() -> None:
         sampling_params(chat_request(response_format=fmt))
 
 
+MANY = 100_000
+USER = [{"role": "user", "content": "hi"}]
+BAD_BIAS = {str(i): "x" for i in range(MANY)}
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (CompletionRequest, {"prompt": [1] * MANY}),
+        (ChatCompletionRequest, {"messages": [{"role": "robot"}] * MANY}),
+        (ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": 1}] * MANY}]}),
+        (ChatCompletionRequest, {"messages": USER, "stop": [1] * MANY}),
+        (ChatCompletionRequest, {"messages": USER, "logit_bias": BAD_BIAS}),
+    ],
+    ids=["prompts", "messages", "content-parts", "stop", "logit-bias"],
+)  # fmt: skip
+def test_many_bad_items_make_one_short_error(model: type, body: dict) -> None:
+    """A small body of many bad items costs one error, not a message per item (a 2 MB body
+    once made a 57 MB answer and held the event loop for seconds)."""
+    from ted_sglang.serve.http_edge import validate
+
+    with pytest.raises(ServeError) as info:
+        validate(model, body)
+    assert info.value.status == 400 and len(info.value.message) < 1000
+
+
 def test_keys_are_compared_as_bytes() -> None:
     from starlette.requests import Request
 
@@ -323,6 +349,30 @@ def test_bank_state_swaps_refuses_and_ignores_same_rendering(tmp_path: Path) -> 
     assert result.outcome == "failed" and state.current.version == 3 and state.swap_failures == 2
 
 
+def test_bank_watcher_reports_a_deleted_bank_and_never_blocks_on_a_fifo(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "bank.json"
+    write_bank(path, "Check the units before the final answer.")
+    state = BankState(path, lambda system: system)
+    state.load()
+    path.unlink()
+    result = state.poll()
+    assert result is not None and result.outcome == "failed" and state.swap_failures == 1
+    assert "no such file" in (state.last_error or "")
+
+    os.mkfifo(path)  # opening it to read would wait for a writer forever
+    results: list = []
+    watcher = threading.Thread(target=lambda: results.append(state.poll()), daemon=True)
+    watcher.start()
+    watcher.join(timeout=10)
+    if watcher.is_alive():
+        os.close(os.open(path, os.O_WRONLY))  # let the stuck reader go
+        pytest.fail("the watcher blocked on a FIFO")
+    assert results[0].outcome == "failed" and state.swap_failures == 2
+    assert "not a regular file" in (state.last_error or "") and state.current.version == 1
+
+
 # ---- usage log -----------------------------------------------------------------------
 
 
@@ -429,3 +479,15 @@ def test_engine_abort_keeps_the_engines_status(engine_status: object, status: in
         finish_reason({"finish_reason": reason})
     assert err.value.status == status
     assert "stop_regex took too long" in str(err.value)
+
+
+def test_apply_usage_refuses_a_malformed_record_of_what_it_applied() -> None:
+    bank = ExperienceBank(student_model="m")
+    bank.apply({"operations": [{"op": "add", "text": "Check the units of every answer."}]})
+    usage = {"format": "ted-sglang-serve-usage", "entries": {"E1": {"shown": 2}}}
+    for record in ([1], {"E1": 3}, {"E1": {"shown": "2"}}):
+        bank.meta.extra["serve_usage_applied"] = record
+        with pytest.raises(ValueError, match="serve_usage_applied"):
+            apply_usage(bank, usage)
+    bank.meta.extra["serve_usage_applied"] = {}
+    assert apply_usage(bank, usage) == 2

@@ -9,10 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 from bank_files import write_bank
-
-from ted_sglang.engine.launcher import free_port
-from ted_sglang.serve.settings import ServeSettings
-from ted_sglang.serve.thread import ServeThread
+from serve_threads import serve_thread
 
 
 def png_data_uri(color: tuple[int, int, int]) -> str:
@@ -25,11 +22,7 @@ def png_data_uri(color: tuple[int, int, int]) -> str:
 
 def test_image_part_is_sent_as_image_data(vision_engine_url: str, tmp_path: Path) -> None:
     write_bank(tmp_path / "bank.json", "Name the shapes you see, then count.", model="tiny-vision")
-    settings = ServeSettings(
-        bank_path=tmp_path / "bank.json", endpoints=[vision_engine_url], port=free_port(),
-        echo_prompt=True, served_model_name="tiny",
-    )  # fmt: skip
-    with ServeThread(settings) as url:
+    with serve_thread(tmp_path / "bank.json", vision_engine_url, echo_prompt=True) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         text_only = client.chat.completions.create(
             model="tiny", max_tokens=2, messages=[{"role": "user", "content": "What is it?"}]

@@ -44,6 +44,7 @@ TARGET = [  # the GPU machine's interpreter and platform
 ]  # fmt: skip
 TRIM_OVER_BYTES = 1024 * 1024
 KEEP_LARGE = ("flashinfer/data/include/", "flashinfer/data/cutlass/", "flashinfer/data/cccl/")
+TOKENIZER_MODEL = "smollm2-135m"  # the demo model, whose tokenizer is SmolLM2's
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 RUN_TIMEOUT_S = 540
 
@@ -99,18 +100,17 @@ def repack_flashinfer(whl: Path, dest: Path) -> dict:
     }
 
 
-def save_tokenizer(dest: Path) -> str:
-    """Copy the demo model's tokenizer files into ``dest``; returns where they came from."""
+def save_tokenizer(dest: Path) -> None:
+    """Copy the tokenizer files of :data:`TOKENIZER_MODEL` into ``dest``."""
     from ted_sglang.engine.model_loader import resolve_model
 
-    model_dir = resolve_model("smollm2-135m")
+    model_dir = resolve_model(TOKENIZER_MODEL)
     dest.mkdir(parents=True)
     for name in TOKENIZER_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
     if not (dest / "tokenizer.json").is_file():
         raise RuntimeError(f"{model_dir} has no tokenizer.json")
-    return "smollm2-135m"
 
 
 def tree_bytes() -> int | None:
@@ -129,6 +129,7 @@ def tree_bytes() -> int | None:
 
 
 def folder_files(folder: Path) -> dict[str, int]:
+    """Every file below ``folder`` (its path there) with its size in bytes."""
     return {
         str(p.relative_to(folder)): p.stat().st_size
         for p in sorted(folder.rglob("*"))
@@ -136,10 +137,20 @@ def folder_files(folder: Path) -> dict[str, int]:
     }
 
 
+def is_kit(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier kit and nothing else: each of its files is
+    its ``MANIFEST.json`` or listed there."""
+    try:
+        listed = json.loads((folder / "MANIFEST.json").read_text())["files"]
+        return set(folder_files(folder)) <= {*listed, "MANIFEST.json"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def build(kit: Path, cache: Path, download: bool) -> dict:
     """Build the kit in ``kit`` (replacing an earlier kit there); returns its manifest."""
-    if kit.exists():
-        if any(kit.iterdir()) and not (kit / "MANIFEST.json").is_file():
+    if kit.exists() or kit.is_symlink():
+        if kit.is_symlink() or not kit.is_dir() or (any(kit.iterdir()) and not is_kit(kit)):
             raise SystemExit(f"{kit} exists and is not a GPU kit: not touching it")
         shutil.rmtree(kit)
     (kit / "wheels").mkdir(parents=True)
@@ -157,13 +168,13 @@ def build(kit: Path, cache: Path, download: bool) -> dict:
     else:
         name, version = FLASHINFER.split("==")
         flashinfer = repack_flashinfer(fi_wheel, kit / f"{name}-{version}.tar.xz")
-    tokenizer = save_tokenizer(kit / "tokenizer")
+    save_tokenizer(kit / "tokenizer")
     manifest = {
         "target": "CPython 3.12, manylinux x86-64",
         "wheels": list(WHEELS),
         "flashinfer": FLASHINFER,
         "flashinfer_trim": flashinfer,
-        "tokenizer": tokenizer,
+        "tokenizer": TOKENIZER_MODEL,
         "missing": missing,  # not in the cache and --skip-downloads given
         "files": folder_files(kit),
     }
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kit = args.out.absolute()
     manifest = build(kit, args.cache, download=not args.skip_downloads)
-    kit_bytes = sum(p.stat().st_size for p in kit.rglob("*") if p.is_file())
+    kit_bytes = sum(folder_files(kit).values())
     tree = tree_bytes()
     total = kit_bytes + (tree or 0)
     mib = 1024 * 1024

@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/engine_forks.json"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.new_tokens < 2:  # the first comes from prefill: no decode step to time
+        parser.error("--new-tokens must be at least 2")
 
     import torch
     import transformers

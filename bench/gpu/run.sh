@@ -17,9 +17,9 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 if [ $# -ne 1 ]; then echo "usage: bash bench/gpu/run.sh [--dry-run] RESULTS_DIR" >&2; exit 2; fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$1" && RESULTS=$(cd "$1" && pwd)
+mkdir -p "$1" && RESULTS=$(cd "$1" && pwd) || exit 2
+KIT=$(realpath -m "${GPU_KIT:-$ROOT/.gpu-kit}")  # both relative to the caller's folder
 cd "$ROOT" || exit 2
-KIT=$(realpath -m "${GPU_KIT:-.gpu-kit}")
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -78,19 +78,19 @@ print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.cu
 
 # tests/test_kernels_triton.py, plus every test marked gpu (their node ids, collected first).
 kernel_tests() {
-  local nodes xdist=() files=(tests/test_*.py)
+  local files nodes=() xdist=()
   if [ "$DRY" = 1 ]; then export TRITON_INTERPRET=1; fi
-  # shellcheck disable=SC2046
-  "$PY" -P -m pytest -q --collect-only -p no:cacheprovider -m gpu \
-    $(grep -l 'pytest.mark.gpu' "${files[@]}") >"$WORK/gpu_tests.txt"
-  grep -v '::' "$WORK/gpu_tests.txt"  # the count, or collection errors
-  nodes=$(grep '::' "$WORK/gpu_tests.txt")
-  set -f  # node ids hold [params]: no pathname expansion of them
+  mapfile -t files < <(grep -l 'pytest.mark.gpu' tests/test_*.py)
+  if [ ${#files[@]} -gt 0 ]; then
+    "$PY" -P -m pytest -q --collect-only -p no:cacheprovider -m gpu "${files[@]}" \
+      >"$WORK/gpu_tests.txt"
+    grep -v '::' "$WORK/gpu_tests.txt"  # the count, or collection errors
+    mapfile -t nodes < <(grep '::' "$WORK/gpu_tests.txt")  # ids as they are: [params] kept
+  fi
   if [ "$DRY" = 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then xdist=(-n 8); fi
   # -v: each result is logged as it comes, so a time limit keeps them (the XML comes at the end)
-  # shellcheck disable=SC2086
   "$PY" -P -m pytest -v -rfEs -p no:cacheprovider --junitxml="$RESULTS/kernel_tests.xml" \
-    "${xdist[@]}" tests/test_kernels_triton.py $nodes
+    "${xdist[@]}" tests/test_kernels_triton.py "${nodes[@]}"
 }
 export -f install_kit kernel_tests
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -204,7 +205,8 @@ def _merge(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} already exists: pass --force to overwrite it")
     banks = [ExperienceBank.load(path, recover=args.recover) for path in args.files]
     similarity, _ = load_similarity(args.similarity)
-    labels = [str(path) for path in args.files]
+    # Names recorded in the merged bank: a byte that is not UTF-8 becomes U+FFFD.
+    labels = [os.fsencode(path).decode("utf-8", "replace") for path in args.files]
     plan = plan_merge(banks, labels, similarity=similarity, threshold=args.threshold)
     texts: dict[int, str] = {}
     notes: dict[int, str] = {}

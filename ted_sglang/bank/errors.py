@@ -28,7 +28,8 @@ class BankConflict(BankFileError):
         if found_version == expected_version:
             change = (
                 f"it was at version {expected_version} then and is still at version "
-                f"{found_version}, but another writer changed it (usage statistics or metadata)"
+                f"{found_version}, but another writer changed its content (usage statistics, "
+                "metadata, or the whole bank)"
             )
         else:
             change = (

@@ -5,6 +5,8 @@ files).  The lock is re-entrant within a process: a thread that holds it may tak
 again (e.g. :meth:`ExperienceBank.save` inside :meth:`ExperienceBank.update_file`), and
 other threads of the process wait like other processes do.  The kernel releases a
 ``flock`` when its holder dies, so a killed writer never leaves the file locked.
+A long run that must be the only one of its kind on a bank (a distillation) holds
+``<bank>.<name>.lock`` throughout (:func:`run_lock`).
 """
 
 from __future__ import annotations
@@ -75,15 +77,32 @@ def bank_lock(
         holder.thread_lock.release()
 
 
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """Hold ``<bank>.<name>.lock`` for a long run on bank file ``path`` (a whole
+    distillation), without waiting: a second such run on the same bank raises
+    :class:`BankFileError` at once instead of racing the first for the bank and garbling
+    its log.  The run's saves still take :func:`bank_lock`, so other writers go on."""
+    target = Path(path).with_name(f"{Path(path).name}.{name}{LOCK_SUFFIX}")
+    fd = _open(path, target)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BankFileError(
+                path, f"another {name} run is using it ({target.name} is locked); nothing was done"
+            ) from None
+        except OSError as exc:
+            raise BankFileError(path, f"cannot lock {target}: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the flock
+
+
 def _lock_file(
     path: str | os.PathLike[str], target: Path, deadline: float, timeout_s: float
 ) -> int:
-    try:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except PermissionError:  # another user's lock file: a read-only handle locks as well
-        fd = _open_read_only(path, target)
-    except OSError as exc:
-        raise BankFileError(path, f"cannot open its lock file {target}: {exc.strerror}") from None
+    fd = _open(path, target)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
@@ -133,7 +152,14 @@ def _wait_blocking(fd: int, timeout_s: float) -> OSError | None:
     return outcome["error"]
 
 
-def _open_read_only(path: str | os.PathLike[str], target: Path) -> int:
+def _open(path: str | os.PathLike[str], target: Path) -> int:
+    """A handle on lock file ``target`` of bank ``path``, created if need be."""
+    try:
+        return os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:  # another user's lock file: a read-only handle locks as well
+        pass
+    except OSError as exc:
+        raise BankFileError(path, f"cannot open its lock file {target}: {exc.strerror}") from None
     try:
         return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

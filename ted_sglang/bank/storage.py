@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ted_sglang.bank.errors import BankConflict, BankFileError, BankLockTimeout
-from ted_sglang.bank.locking import DEFAULT_LOCK_TIMEOUT_S, bank_lock, lock_path
+from ted_sglang.bank.errors import BankConflict, BankFileError
+from ted_sglang.bank.locking import DEFAULT_LOCK_TIMEOUT_S, bank_lock
 
 FORMAT_NAME = "ted-sglang-bank"
 FORMAT_VERSION = 1
@@ -39,13 +39,10 @@ __all__ = [
     "MAX_FILE_BYTES",
     "BankConflict",
     "BankFileError",
-    "BankLockTimeout",
     "FileState",
     "backup_path",
-    "lock_path",
     "parse_bank_bytes",
     "read_bank_bytes",
-    "read_bank_json",
     "stale_temp_files",
     "write_atomic",
     "write_bank_json",
@@ -116,11 +113,6 @@ def parse_bank_bytes(path: str | os.PathLike[str], raw: bytes) -> dict[str, Any]
             f"({FORMAT_VERSION}); upgrade ted-sglang",
         )
     return data
-
-
-def read_bank_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed content of a bank file, its format checked; ``BankFileError`` if not."""
-    return parse_bank_bytes(path, read_bank_bytes(path))
 
 
 def write_bank_json(

@@ -9,6 +9,7 @@ asked to skip such rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,11 @@ def sample_from_row(row: dict[str, Any], image_root: Path) -> Sample:
     options = row.get("options")
     if options is not None and not all(isinstance(o, str) for o in options):
         raise ValueError("field 'options' must be a list of strings")
+    for name, value in row.items():
+        try:
+            json.dumps([name, value], ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"field {name!r} holds a lone UTF-16 surrogate (not text)") from None
     image = row.get("image") or None  # "" means no image, as null does
     image_path = None
     if image is not None:

@@ -23,7 +23,6 @@ from ted_sglang.engine.limits import fit_context
 from ted_sglang.engine.profiler import Profiler, ProfileSettings
 from ted_sglang.engine.protocol import GenerateItem
 from ted_sglang.engine.sequence import Sequence, finish_abort
-from ted_sglang.engine.stop_match import StopRegex
 
 logger = logging.getLogger("ted_sglang.engine")
 
@@ -318,7 +317,7 @@ class Engine:
             stop_ids=stop_ids,
             image=prompt.image,
             grammar=grammar,
-            stop_regex=StopRegex.compile(sp.stop_regex) if sp.stop_regex else None,
+            stop_regex=sp.stop_matcher.fresh() if sp.stop_matcher else None,
             return_logprob=item.return_logprob,
             logprob_start_len=start,
             top_logprobs_num=item.top_logprobs_num,

@@ -14,6 +14,13 @@ from ted_sglang.engine.errors import RequestError
 if TYPE_CHECKING:
     import torch
 
+# Bounds on the compile work one request may ask for (xgrammar's time grows quickly with
+# nesting: a 128-deep schema takes ~0.5 s, a 400-deep one ~20 s, on the compile threads
+# every request shares).  The bank's largest operations schema (300 ids) is ~8,000
+# characters and 10 levels deep.
+MAX_GRAMMAR_CHARS = 64 * 1024
+MAX_SCHEMA_NESTING = 64
+
 
 class GrammarCache:
     """Compiles ``regex``/``json_schema``/``ebnf``/``structural_tag`` constraints once each
@@ -95,10 +102,14 @@ class GrammarCache:
         return xgrammar.GrammarMatcher(compiled)
 
     def _compile(self, kind: str, text: str) -> Any:
+        if len(text) > MAX_GRAMMAR_CHARS:
+            raise RequestError(
+                f"the {kind} is {len(text)} characters; at most {MAX_GRAMMAR_CHARS} are compiled"
+            )
         try:
             if kind == "json_schema":
                 try:
-                    json.loads(text)
+                    _check_nesting(kind, json.loads(text))
                 except json.JSONDecodeError as exc:
                     raise RequestError(f"json_schema is not valid JSON: {exc}") from None
                 return self.compiler.compile_json_schema(
@@ -131,6 +142,7 @@ def structural_tag_json(text: str) -> str:
         raise RequestError(f"structural_tag is not valid JSON: {exc}") from None
     if not isinstance(tag, dict):
         raise RequestError("structural_tag must be a JSON object")
+    _check_nesting("structural_tag", tag)
     if tag.get("structures") is not None:
         structures, triggers = tag["structures"], tag.get("triggers")
         if not isinstance(structures, list) or not isinstance(triggers, list):
@@ -155,6 +167,19 @@ def structural_tag_json(text: str) -> str:
         raise RequestError("structural_tag needs a 'format' object (or legacy 'structures')")
     _fill_json_schemas(tag["format"])
     return json.dumps(tag)
+
+
+def _check_nesting(kind: str, value: Any) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_SCHEMA_NESTING` levels."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        if children and depth > MAX_SCHEMA_NESTING:
+            raise RequestError(f"the {kind} is nested more than {MAX_SCHEMA_NESTING} levels deep")
+        stack += [(child, depth + 1) for child in children]
 
 
 def _fill_json_schemas(fmt: Any) -> None:

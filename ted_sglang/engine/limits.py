@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ted_sglang.engine.errors import RequestError
+
 if TYPE_CHECKING:
     from ted_sglang.engine.prompt import Prompt
 
@@ -138,8 +140,6 @@ def fit_context(
     context, or an explicit ``max_new_tokens`` that does not fit after it, is refused
     unless ``allow_auto_truncate`` (then the input keeps its head and ``max_new_tokens``
     shrinks). An unset ``max_new_tokens`` (default 128) shrinks to fit, as in SGLang."""
-    from ted_sglang.engine.errors import RequestError
-
     num = len(prompt.input_ids)
     if num >= context_length:
         if not allow_auto_truncate:
@@ -163,6 +163,11 @@ def fit_context(
 def find_lone_surrogate(value: Any) -> str | None:
     """Where in a decoded JSON value a string holds a lone surrogate (``\\ud800`` escapes
     decode to one, but no UTF-8 encoder takes it), as a path like ``body.stop[1]``; or None."""
+    try:
+        orjson.dumps(value)  # C speed; it refuses lone surrogates
+        return None
+    except orjson.JSONEncodeError:  # one, or what else orjson refuses (ints past 64 bits, depth)
+        pass
     stack: list[tuple[Any, Any]] = [(("body",), value)]
     while stack:
         where, item = stack.pop()

@@ -7,14 +7,6 @@ from typing import Any
 
 from ted_sglang.engine.sequence import Sequence
 
-# Output-side lists an incremental stream chunk slices to its own tokens
-# (tokenizer_manager._INCREMENTAL_STREAMING_META_INFO_KEYS in SGLang).
-INCREMENTAL_META_KEYS = (
-    "output_token_logprobs",
-    "output_top_logprobs",
-    "output_token_ids_logprobs",
-)
-
 
 class OutputBuilder:
     """Detokenizes outputs and builds ``/generate`` answers as SGLang 0.5.23 shapes them."""
@@ -66,11 +58,7 @@ class OutputBuilder:
         lists hold only outputs ``since`` to ``num_tokens``; ``text`` is the caller's delta.
         """
         n = seq.num_output_tokens if num_tokens is None else num_tokens
-        meta = self.meta_info(seq, n)
-        if since:
-            for key in INCREMENTAL_META_KEYS:
-                if key in meta:
-                    meta[key] = meta[key][since:]
+        meta = self.meta_info(seq, n, since)
         if not seq.stream and "e2e_latency" in meta:  # the answer goes out now
             meta["response_sent_to_client_ts"] = time.time()
         out = {"text": text, "output_ids": seq.output_ids[since:n], "meta_info": meta}
@@ -78,7 +66,10 @@ class OutputBuilder:
             out["prompt_token_ids"] = list(seq.prompt_ids)
         return out
 
-    def meta_info(self, seq: Sequence, num_tokens: int) -> dict[str, Any]:
+    def meta_info(self, seq: Sequence, num_tokens: int, since: int = 0) -> dict[str, Any]:
+        """``meta_info`` after ``num_tokens`` outputs; the output-side logprob lists start at
+        output ``since`` (SGLang's ``_INCREMENTAL_STREAMING_META_INFO_KEYS``), so that an
+        incremental chunk builds only its own entries."""
         finished = seq.is_finished and num_tokens == seq.num_output_tokens
         meta: dict[str, Any] = {
             "id": seq.rid,
@@ -103,7 +94,7 @@ class OutputBuilder:
             text = seq.return_text_in_logprobs
             meta["input_token_logprobs"] = self._entries(seq.input_token_logprobs, text)
             meta["output_token_logprobs"] = self._entries(
-                seq.output_token_logprobs[:num_tokens], text
+                seq.output_token_logprobs[since:num_tokens], text
             )
             meta["output_token_logprobs_length"] = min(num_tokens, len(seq.output_token_logprobs))
             if seq.top_logprobs_num > 0:
@@ -112,7 +103,7 @@ class OutputBuilder:
                     for row in seq.input_top_logprobs
                 ]
                 meta["output_top_logprobs"] = [
-                    self._entries(row, text) for row in seq.output_top_logprobs[:num_tokens]
+                    self._entries(row, text) for row in seq.output_top_logprobs[since:num_tokens]
                 ]
             if seq.token_ids_logprob is not None:
                 meta["input_token_ids_logprobs"] = [
@@ -121,7 +112,7 @@ class OutputBuilder:
                 ]
                 meta["output_token_ids_logprobs"] = [
                     self._entries(row, text) if row else None
-                    for row in seq.output_token_ids_logprobs[:num_tokens]
+                    for row in seq.output_token_ids_logprobs[since:num_tokens]
                 ]
         if seq.return_hidden_states:
             meta["hidden_states"] = seq.hidden_states[: max(num_tokens, 1)]

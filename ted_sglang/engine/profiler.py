@@ -91,7 +91,10 @@ def _inside(root: Path, path: str | None) -> Path:
     root = root.expanduser().resolve()
     if path is None:
         return root
-    resolved = (root / Path(path).expanduser()).resolve()
+    try:
+        resolved = (root / Path(path).expanduser()).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop, ...
+        raise RequestError(f"output_dir is not a usable path: {exc}") from None
     if resolved != root and root not in resolved.parents:
         raise RequestError(f"output_dir must lie inside the engine's profile directory {root}")
     return resolved

@@ -39,6 +39,8 @@ _UNSUPPORTED_FIELDS = (
     "kv_hints",
 )
 MAX_TOKEN_IDS_LOGPROB = 256  # token ids whose logprobs one request may ask for
+MAX_TOP_LOGPROBS_NUM = 256  # top tokens reported per position
+MAX_GENERATE_ITEMS = 4096  # samples (prompts x n) in one request
 _INT64_RANGE = (-(1 << 63), 1 << 63)
 
 
@@ -101,10 +103,19 @@ def parse_generate(body: Any) -> GenerateRequest:
     num = len(prompts)
 
     params = _per_prompt(body.get("sampling_params"), num, "sampling_params", default={})
-    samplings = [parse_sampling_params(p or {}) for p in params]
+    parsed: dict[int, SamplingParams] = {}  # a dict that every prompt shares is parsed once
+    for p in params:
+        if id(p) not in parsed:
+            parsed[id(p)] = parse_sampling_params(p)
+    samplings = [parsed[id(p)] for p in params]
     n = samplings[0].n
     if any(s.n != n for s in samplings):
         raise RequestError("n must be the same in every sampling_params of a batch")
+    if num * n > MAX_GENERATE_ITEMS:
+        raise RequestError(
+            f"a request may hold at most {MAX_GENERATE_ITEMS} samples (prompts x n), got "
+            f"{num} x {n}; send the prompts in several requests"
+        )
     images = _images(body.get("image_data"), num, is_single)
     if n > 1:
         for name in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
@@ -126,6 +137,10 @@ def parse_generate(body: Any) -> GenerateRequest:
             raise RequestError(f"logprob_start_len must be >= -1, got {start_len[i]}")
         if top_num[i] is not None and top_num[i] < 0:
             raise RequestError(f"top_logprobs_num must be >= 0, got {top_num[i]}")
+        if top_num[i] is not None and top_num[i] > MAX_TOP_LOGPROBS_NUM:
+            raise RequestError(
+                f"top_logprobs_num may be at most {MAX_TOP_LOGPROBS_NUM}, got {top_num[i]}"
+            )
         for _ in range(n):
             items.append(
                 GenerateItem(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ted_sglang.engine.errors import RequestError
+from ted_sglang.engine.stop_match import StopRegex
 
 TOP_K_ALL = 1 << 30
 MAX_STOP_COUNT = 32
@@ -48,7 +50,7 @@ class SamplingParams:
     structural_tag: str | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     sampling_seed: int | None = None
-    stream_interval: int | None = None  # None or < 1: the server's --stream-interval
+    stream_interval: int | None = None  # None or 0: the server's --stream-interval (as SGLang)
     custom_params: Any = None
 
     @property
@@ -63,6 +65,12 @@ class SamplingParams:
             if value is not None:
                 return kind, value
         return None
+
+    @cached_property
+    def stop_matcher(self) -> StopRegex | None:
+        """``stop_regex`` compiled once for every sample that shares these settings (each
+        sequence matches with its own :meth:`StopRegex.fresh` copy); raises RequestError."""
+        return StopRegex.compile(self.stop_regex) if self.stop_regex else None
 
     @property
     def has_penalties(self) -> bool:

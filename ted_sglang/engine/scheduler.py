@@ -89,6 +89,7 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.priority_sign = priority_sign
         self.waiting: deque[Sequence] = deque()
+        self._arrived = False  # requests joined ``waiting`` since it was last put in order
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []
         self.stats = CacheStats()
@@ -103,6 +104,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        self._arrived = True
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -114,8 +116,9 @@ class Scheduler:
                 break
             budget -= self._add_chunk(plan, seq, budget)
         admitted: list[Sequence] = []
-        if self.priority_sign and len(self.waiting) > 1:
+        if self.priority_sign and self._arrived:  # removals keep the order: sort on arrival only
             self.waiting = deque(sorted(self.waiting, key=self._priority_key))
+            self._arrived = False
         for seq in list(self.waiting):
             if budget <= 0 or self.num_active >= self.max_batch_size:
                 break

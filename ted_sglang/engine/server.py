@@ -36,7 +36,12 @@ from ted_sglang.engine.config import EngineConfig
 from ted_sglang.engine.errors import ContractError, RequestError
 from ted_sglang.engine.limits import BodySizeLimit, find_lone_surrogate
 from ted_sglang.engine.profiler import ProfileSettings, parse_profile_request
-from ted_sglang.engine.protocol import GenerateItem, parse_abort, parse_generate
+from ted_sglang.engine.protocol import (
+    GenerateItem,
+    GenerateRequest,
+    parse_abort,
+    parse_generate,
+)
 from ted_sglang.engine.sampling_params import SamplingParams
 from ted_sglang.engine.server_info import ServerInfo
 from ted_sglang.engine.server_info import model_info as build_model_info
@@ -98,13 +103,16 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
         logger.exception("unhandled error on %s", request.url.path)
         return error_response(f"internal error: {exc}", 500)
 
+    def prepare(body: Any) -> tuple[GenerateRequest, list[Sequence]]:
+        req = parse_generate(body)
+        return req, eng.make_sequences(req.items, req.stream)
+
     async def run_generate(body: Any, request: Request | None = None) -> Response:
         """Answer a decoded ``/generate`` body; ``request`` (when given) is watched so that a
         client who leaves has its request aborted."""
-        try:
-            req = parse_generate(body)
-            loop = asyncio.get_running_loop()
-            seqs = await loop.run_in_executor(prep_pool, eng.make_sequences, req.items, req.stream)
+        loop = asyncio.get_running_loop()
+        try:  # off the event loop: a large body costs seconds that /health must not wait
+            req, seqs = await loop.run_in_executor(prep_pool, prepare, body)
         except RequestError as exc:
             if _wants_stream(body) and not isinstance(exc, ContractError):
                 return stream_error(str(exc), exc.status_code, _sse)
@@ -134,9 +142,17 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
         outs = [eng.outputs.response(seq, eng.outputs.final_text(seq)) for seq in seqs]
         return json_response(outs[0] if req.is_single else outs)
 
+    async def read_json(request: Request, blank_is_none: bool = False) -> Any:
+        """The decoded body, or a 400 response; decoded off the event loop (and not behind
+        grammar compiles in ``prep_pool``: an ``/abort_request`` must get through)."""
+        raw = await request.body()
+        if blank_is_none and not raw.strip():
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, _decode_json, raw)
+
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
-        body = _decode_json(await request.body())
+        body = await read_json(request)
         if isinstance(body, Response):
             return body
         return await run_generate(body, request)
@@ -162,11 +178,9 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.api_route("/start_profile", methods=["GET", "POST"])
     async def start_profile(request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(f"the request body is not valid JSON: {exc}", 400)
+        body = await read_json(request, blank_is_none=True)
+        if isinstance(body, Response):
+            return body
         try:
             settings = parse_profile_request(body, profile_dir)
         except RequestError as exc:
@@ -189,7 +203,7 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
-        body = _decode_json(await request.body())
+        body = await read_json(request)
         if isinstance(body, Response):
             return body
         try:

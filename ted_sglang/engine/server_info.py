@@ -101,6 +101,8 @@ class ServerInfo:
         self.server_args = sglang_server_args(config, eng)
         self.launch_command = " ".join(sys.argv)
         self._l3_layout = disabled_l3_layout("Hierarchical cache is disabled", page_size=1)
+        params = eng.runner.model.parameters()
+        self._weight_bytes = sum(p.numel() * p.element_size() for p in params)
         self._lock = threading.Lock()
         self._last = (eng.start_time, 0)  # (time, generated tokens) at the previous call
 
@@ -146,7 +148,6 @@ class ServerInfo:
         from sglang.srt.managers.scheduler_components.memory_usage import build_memory_usage
 
         eng, config = self.eng, self.config
-        weights = sum(p.numel() * p.element_size() for p in eng.runner.model.parameters())
         kv_bytes = config.cache_tokens * eng.runner.kv_bytes_per_token()
         return {
             "world_size": 1,
@@ -154,7 +155,7 @@ class ServerInfo:
             "effective_max_running_requests_per_dp": config.max_batch_size,
             "last_gen_throughput": self._gen_throughput(),
             "memory_usage": build_memory_usage(
-                weight_gb=weights / _BYTES_PER_GB,
+                weight_gb=self._weight_bytes / _BYTES_PER_GB,
                 kv_cache_gb=kv_bytes / _BYTES_PER_GB,
                 startup_available_gb=_available_memory() / _BYTES_PER_GB,
                 token_capacity=config.cache_tokens,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ted_sglang.engine.errors import RequestError
@@ -39,7 +39,8 @@ class StopRegexTimeout(Exception):
 
 @dataclass
 class StopRegex:
-    """A request's compiled ``stop_regex`` patterns and the matching time they have used."""
+    """A request's compiled ``stop_regex`` patterns and the matching time one of its
+    sequences has used (:meth:`fresh` gives each sequence its own)."""
 
     patterns: list[tuple[str, Any]]  # (source, regex.Pattern)
     window_tokens: int
@@ -52,15 +53,21 @@ class StopRegex:
         import regex
 
         patterns = []
+        widest = 0
         for source in sources:
-            _check_expansion(source)
+            parsed = _parse(source)
+            _check_expansion(source, parsed)
+            widest = max(widest, _max_width(parsed))
             try:
                 patterns.append((source, regex.compile(source, flags=regex.VERSION0)))
             except (regex.error, ValueError, OverflowError, RecursionError) as exc:
                 raise RequestError(f"invalid stop_regex {source!r}: {exc}") from None
-        widest = max((max_match_chars(s) for s in sources), default=0)
         window = min(max(widest + 1, MIN_WINDOW_TOKENS), MAX_WINDOW_TOKENS)
         return cls(patterns, window)
+
+    def fresh(self) -> StopRegex:
+        """The same compiled patterns with a time budget of their own (one per sequence)."""
+        return replace(self, spent_s=0.0)
 
     def search(self, text: str) -> str | None:
         """The first pattern found in ``text`` (its source), or None; raises StopRegexTimeout."""
@@ -88,26 +95,28 @@ class StopRegex:
             self.spent_s += time.perf_counter() - start
 
 
-def max_match_chars(source: str) -> int:
-    """The most characters ``source`` can match (``MAX_WINDOW_TOKENS`` when unbounded)."""
-    from re import _parser  # the width computation ``re`` itself uses
+def _parse(source: str) -> Any:
+    """``source`` parsed by ``re``'s own parser; raises RequestError (400)."""
+    from re import _parser
 
     try:
-        _, high = _parser.parse(source).getwidth()
+        return _parser.parse(source)
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        raise RequestError(f"invalid stop_regex {source!r}: {exc}") from None
+
+
+def _max_width(parsed: Any) -> int:
+    """The most characters a parsed pattern can match, capped at ``MAX_WINDOW_TOKENS``."""
+    try:
+        _, high = parsed.getwidth()
     except (re.error, RecursionError, OverflowError, ValueError):
         return MAX_WINDOW_TOKENS
     return min(high, MAX_WINDOW_TOKENS)
 
 
-def _check_expansion(source: str) -> None:
+def _check_expansion(source: str, parsed: Any) -> None:
     """Refuse a pattern that the ``regex`` module would expand to more than
     :data:`MAX_EXPANSION` items (``a{4294967294}`` would take gigabytes to compile)."""
-    from re import _parser
-
-    try:
-        parsed = _parser.parse(source)
-    except (re.error, RecursionError, OverflowError, ValueError) as exc:
-        raise RequestError(f"invalid stop_regex {source!r}: {exc}") from None
     if _expanded_size(parsed) > MAX_EXPANSION:
         raise RequestError(
             f"stop_regex {source!r} repeats too much: its repeat counts may multiply to at "

@@ -30,7 +30,7 @@ def compress_bank(
     the plan are applied as another (history meta ``source="compression"`` plus
     ``meta``, e.g. the batch number).  A
     teacher failure or an operation outside the plan is reported, never raised.
-    The record holds ``tokens`` (a :class:`~ted_sglang.Tokens`).
+    The record holds ``tokens`` (a :class:`~ted_sglang.loop.calls.Tokens`).
     """
     plan = policy.plan(bank)
     if not plan.over_budget:

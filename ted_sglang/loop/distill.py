@@ -19,11 +19,12 @@ The run stops early (:class:`DistillStopped`, every committed batch saved) when 
 servers stop answering (``max_connection_failures`` requests in a row could not connect)
 or when another writer changed the bank file since the run last saved it (the save is
 refused, see :class:`~ted_sglang.bank.BankConflict`); ``resume=True`` then continues.
+One run per bank file at a time: a run holds the bank's ``distill`` run lock
+(:func:`~ted_sglang.bank.locking.run_lock`) throughout, so a second one is refused at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ from ted_sglang.bank import (
     ExperienceBank,
 )
 from ted_sglang.bank.embedding import load_similarity
+from ted_sglang.bank.locking import run_lock
 from ted_sglang.data import Sample
 from ted_sglang.loop.batch import BatchContext, commit_batch
 from ted_sglang.loop.calls import RequestFailed
@@ -148,13 +150,42 @@ def distill(
     requests keep failing is logged as failed and left undone (a later ``resume``
     retries it); bad teacher output is logged and skipped.  Raises
     :class:`DistillStopped` when ``max_connection_failures`` requests in a row cannot
-    connect (0: never) or the bank file was changed by another writer.
+    connect (0: never) or the bank file was changed by another writer, and
+    :class:`~ted_sglang.bank.BankFileError` at once when another run is distilling into
+    ``bank_path``.
     """
     if not samples:
         raise ValueError("there are no samples to distill from")
     watch = ConnectionWatch(max_connection_failures)
     workers = make_workers([student] if isinstance(student, Endpoint) else student, teacher)
     bank_path = Path(bank_path)
+    if not resume:
+        bank_path.parent.mkdir(parents=True, exist_ok=True)
+    with run_lock(bank_path, "distill"), warnings.catch_warnings():  # one run per bank
+        # SGLang's frontend warns with a traceback for every failed request; the failure
+        # itself reaches us as RequestFailed (logged per sample), or as the error it is.
+        warnings.filterwarnings("ignore", message="Error in stream_executor")
+        return _distill(
+            samples, bank_path, workers, teacher, config, watch, dataset=dataset,
+            log_path=log_path, resume=resume, force=force, progress=progress,
+        )  # fmt: skip
+
+
+def _distill(
+    samples: Sequence[Sample],
+    bank_path: Path,
+    workers: list[Worker],
+    teacher: Endpoint | None,
+    config: DistillConfig,
+    watch: ConnectionWatch,
+    *,
+    dataset: dict[str, Any] | None,
+    log_path: str | os.PathLike[str] | None,
+    resume: bool,
+    force: bool,
+    progress: bool,
+) -> DistillSummary:
+    """:func:`distill`, the bank's run lock held."""
     log = StepLog(log_path or default_log_path(bank_path))
     dataset = dict(dataset or {})
     bank, checkpoint = prepare_bank(
@@ -188,7 +219,6 @@ def distill(
     bar = _progress_bar(len(checkpoint.order), checkpoint.step, enabled=progress)
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    stack = contextlib.ExitStack()
 
     def running() -> list[Future[PhaseResult]]:
         return [f for b in pending for f in b.futures if not f.done()]
@@ -207,10 +237,6 @@ def distill(
             batch.rng_after = rng.getstate()
 
     try:
-        # SGLang's frontend warns with a traceback for every failed request; the failure
-        # itself reaches us as RequestFailed (logged per sample), or as the error it is.
-        stack.enter_context(warnings.catch_warnings())
-        warnings.filterwarnings("ignore", message="Error in stream_executor")
         fill()
         while pending:
             if watch.tripped:
@@ -257,7 +283,6 @@ def distill(
         pool.shutdown()
         bar.close()
         log.close()
-        stack.close()
     summary.seconds = time.perf_counter() - started
     summary.bank_version, summary.bank_size = bank.version, len(bank)
     summary.tokens = tokens_total(records)
@@ -269,10 +294,15 @@ def _save(bank: ExperienceBank, bank_path: Path, committed_batches: int) -> None
     try:
         bank.save(bank_path)
     except BankConflict as exc:
+        now = (
+            f"it is at version {exc.found_version} now"
+            if exc.found_version != exc.expected_version
+            else f"it is still at version {exc.found_version} but its content changed"
+        )
         raise DistillStopped(
             f"another writer changed {bank_path} while distill ran (it was at version "
-            f"{exc.expected_version} when distill last saved it, it is at version "
-            f"{exc.found_version} now), so the batch just finished was not saved; the "
+            f"{exc.expected_version} when distill last saved it, {now}), so the batch just "
+            "finished was not saved; the "
             f"{committed_batches} batches committed before it are in the file. Continue "
             "with --resume once the other writer is done"
         ) from None
@@ -294,7 +324,6 @@ def _start_log(
     """A fresh log (and the fresh bank saved first), or the resumed run's log with the
     lines of unfinished batches dropped; returns the kept records."""
     if not resume:
-        bank_path.parent.mkdir(parents=True, exist_ok=True)
         # First: a crash in between leaves a fresh bank, stale lines.  Without force, a
         # file that appeared since prepare_bank looked is not replaced.
         bank.save(bank_path, new_file=not force)

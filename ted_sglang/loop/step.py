@@ -92,7 +92,7 @@ def run_phases(
     otherwise its solution, which does not depend on the rollouts, is generated while
     they run.  ``attempt_order`` is the order in which the teacher reads the attempts
     (a permutation of ``range(config.rollouts)``).  Raises
-    :class:`~ted_sglang.calls.RequestFailed` when a server fails a request.
+    :class:`~ted_sglang.loop.calls.RequestFailed` when a server fails a request.
     """
     gen = config.generation
     start = time.perf_counter()

@@ -30,7 +30,9 @@ from ted_sglang.report.sources import (
     RunLog,
     bank_budget,
     bank_done,
+    checkpoint,
     entry_origins,
+    finite,
     load_bank,
     load_eval_reports,
     load_run_log,
@@ -40,6 +42,7 @@ from ted_sglang.report.sources import (
 
 MAX_ENTRY_ROWS = 500  # experiences listed (highest utility first)
 MAX_REASON_ROWS = 60  # rejection codes listed
+MAX_CATEGORY_ROWS = 200  # categories of the eval table (a data set has a few dozen)
 MAX_TEXT_CHARS = 4000  # of one experience's text
 
 # The plots a full report holds (ids of their <figure> elements).
@@ -98,7 +101,7 @@ def _sources(log: RunLog, bank: ExperienceBank | None, evals: list[EvalReport]) 
             f"bank <code>{esc(bank.loaded_from)}</code> (version {bank.version}, "
             f"distilled for <code>{esc(model)}</code>)"
         )
-        dataset = (bank.meta.extra.get("distill") or {}).get("dataset")
+        dataset = checkpoint(bank).get("dataset")
         if isinstance(dataset, dict) and dataset.get("path"):
             parts.append(
                 f"training data <code>{esc(dataset.get('path'))}</code> split "
@@ -120,11 +123,10 @@ def _summary(log: RunLog, bank: ExperienceBank | None, evals: list[EvalReport]) 
             rejected += r.get("status") == "rejected"
     prompt = sum(t.get("prompt", 0) for s in steps for t in s.tokens.values())
     cached = sum(t.get("cached", 0) for s in steps for t in s.tokens.values())
-    order = (
-        (bank.meta.extra.get("distill") or {}).get("order") if bank is not None else None
-    ) or []
+    order = checkpoint(bank).get("order") if bank is not None else None
+    of_all = f" of {len(order)}" if isinstance(order, list) and order else ""
     items = [
-        ("samples distilled", f"{len(steps)}" + (f" of {len(order)}" if order else "")),
+        ("samples distilled", f"{len(steps)}{of_all}"),
         ("batches", str(len(log.batches))),
         ("student accuracy in training", pct(correct / total) if total else "–"),
         (
@@ -137,8 +139,8 @@ def _summary(log: RunLog, bank: ExperienceBank | None, evals: list[EvalReport]) 
     if bank is not None:
         items.append(("bank", f"v{bank.version} · {len(bank)} entries"))
     for r in evals[:3]:
-        delta = (r.data.get("delta") or {}).get("pass_at_1")
-        if isinstance(delta, int | float):
+        delta = finite(r.delta.get("pass_at_1"))
+        if delta is not None:
             items.append((f"pass@1 gain: {plots.label(r.label, 40)}", f"{100 * delta:+.1f} pt"))
     return cards(items)
 
@@ -294,8 +296,8 @@ def _evaluation(evals: list[EvalReport]) -> str:
     out = ["<h2>Evaluation</h2>"]
     if not evals:
         return out[0] + '<p class="empty">Pass --eval REPORT.json (from eval --out) to compare.</p>'
-    rollouts = {r.data.get("rollouts") for r in evals}
-    n = rollouts.pop() if len(rollouts) == 1 else "N"
+    rollouts = {r.rollouts for r in evals}
+    n = rollouts.pop() if len(rollouts) == 1 and None not in rollouts else "N"
     out.append(figure(
         "plot-eval-pass", plots.eval_plot(evals, "pass_at_1"),
         "pass@1 without (hatched) and with (solid) the bank; one colour per report.", "",
@@ -306,7 +308,7 @@ def _evaluation(evals: list[EvalReport]) -> str:
     ))  # fmt: skip
     rows = []
     for r in evals:
-        delta = r.data.get("delta") or {}
+        delta = r.delta
         for name, c in r.conditions.items():
             rows.append([
                 r.label, "no bank" if name == "no_bank" else name,
@@ -326,11 +328,14 @@ def _evaluation(evals: list[EvalReport]) -> str:
             f"{r.label}: {'no bank' if name == 'no_bank' else name}" for r, name in columns
         ]
         body = []
-        for category in categories:
+        for category in categories[:MAX_CATEGORY_ROWS]:
             cells = []
             for r, name in columns:
                 figures = r.conditions[name].get("by_category", {}).get(category) or {}
                 cells.append(pct(figures.get("pass_at_1")) if isinstance(figures, dict) else "–")
             body.append([category, *cells])
         out.append("<h3>pass@1 per category</h3>" + table(head, body, "eval-categories"))
+        if len(categories) > MAX_CATEGORY_ROWS:
+            more = len(categories) - MAX_CATEGORY_ROWS
+            out.append(f'<p class="empty">{more} more categories not listed.</p>')
     return "".join(out)

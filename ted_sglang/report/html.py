@@ -12,6 +12,8 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ted_sglang.report.sources import finite
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 STYLE = """
@@ -111,11 +113,14 @@ class Num(str):
 
 
 def pct(value: object) -> Num:
-    return Num(f"{100 * value:.1f}%" if isinstance(value, int | float) else "–")
+    """A fraction as a percentage; anything but a finite number shows as a dash."""
+    number = finite(value)
+    return Num("–" if number is None else f"{100 * number:.1f}%")
 
 
 def signed_pct(value: object) -> Raw:
-    if not isinstance(value, int | float):
+    value = finite(value)
+    if value is None:
         return Raw("–")
     css = "good" if value > 0 else "bad" if value < 0 else ""
     return Raw(f'<span class="{css}">{100 * value:+.1f} pt</span>')

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ted_sglang.report.sources import Batch, EvalReport, Step, VersionPoint
+from ted_sglang.report.sources import Batch, EvalReport, Step, VersionPoint, finite, opt_count
 
 WIDTH, HEIGHT, DPI = 10.0, 3.6, 100
 MAX_LABEL_CHARS = 28
@@ -134,8 +134,7 @@ def operations_plot(batches: Sequence[Batch]) -> bytes | None:
         k: [] for k in (*OP_KINDS, "compression", "dropped", "rejected")
     }
     for b in batches:
-        dropped = (b.reconcile or {}).get("dropped")
-        counts["dropped"].append(dropped if isinstance(dropped, int) else 0)
+        counts["dropped"].append(opt_count((b.reconcile or {}).get("dropped")) or 0)
         tally = Counter(str(r.get("op")) for r in b.results if r.get("status") == "applied")
         rejected = sum(r.get("status") == "rejected" for r in b.results)
         squeezed = b.compression_results()
@@ -255,8 +254,8 @@ def eval_plot(
             figures = report.conditions[cond] if group == "all" else (
                 report.conditions[cond].get("by_category", {}).get(group, {})
             )  # fmt: skip
-            value = figures.get(metric) if isinstance(figures, dict) else None
-            values.append(value if isinstance(value, int | float) else 0.0)
+            value = finite(figures.get(metric)) if isinstance(figures, dict) else None
+            values.append(0.0 if value is None else value)
         xs = [g + (n - (len(bars) - 1) / 2) * width for g in range(len(groups))]
         no_bank = cond == "no_bank"
         ax.bar(xs, values, width, color="white" if no_bank else color, edgecolor=color,

@@ -24,8 +24,12 @@ from ted_sglang.loop.steplog import BATCH, FAILED, STEP
 MAX_EVAL_REPORTS = 12
 # Size of an eval report file read into memory.
 MAX_EVAL_BYTES = 64 << 20
+# Conditions of one eval report (``eval --out`` writes two: without and with the bank).
+MAX_CONDITIONS = 4
 # One log line (a step line holds every trajectory); a longer line counts as unreadable.
 MAX_LINE_BYTES = 64 << 20
+# Counts (steps, tokens, versions) beyond this are not counts: plots draw them as floats.
+MAX_COUNT = 2**53
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,16 @@ class EvalReport:
     @property
     def conditions(self) -> dict[str, dict[str, Any]]:
         return self.data["conditions"]
+
+    @property
+    def delta(self) -> dict[str, Any]:
+        """The gains with the bank over without (empty when the report has none)."""
+        delta = self.data.get("delta")
+        return delta if isinstance(delta, dict) else {}
+
+    @property
+    def rollouts(self) -> int | None:
+        return opt_count(self.data.get("rollouts"))
 
 
 def load_run_log(path: str | os.PathLike[str], done: list[str] | None = None) -> RunLog:
@@ -187,7 +201,7 @@ def _records(path: Path) -> Iterator[dict[str, Any] | None]:
                 continue
             try:
                 record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # also a number of thousands of digits
                 record = None
             yield record if isinstance(record, dict) else None
 
@@ -197,10 +211,15 @@ def load_bank(path: str | os.PathLike[str]) -> ExperienceBank:
     return ExperienceBank.load(path)
 
 
+def checkpoint(bank: ExperienceBank) -> dict[str, Any]:
+    """The bank's distillation checkpoint (empty when it has none)."""
+    distill = bank.meta.extra.get("distill")
+    return distill if isinstance(distill, dict) else {}
+
+
 def bank_done(bank: ExperienceBank) -> list[str] | None:
     """The samples a bank's distillation checkpoint lists as done (``None``: no checkpoint)."""
-    checkpoint = bank.meta.extra.get("distill")
-    done = checkpoint.get("done") if isinstance(checkpoint, dict) else None
+    done = checkpoint(bank).get("done")
     if isinstance(done, list) and all(isinstance(i, str) for i in done):
         return done
     return None
@@ -208,11 +227,10 @@ def bank_done(bank: ExperienceBank) -> list[str] | None:
 
 def bank_budget(bank: ExperienceBank) -> tuple[int | None, int | None]:
     """The run's budget (max entries, max rendered tokens) from the bank's checkpoint."""
-    checkpoint = bank.meta.extra.get("distill")
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    config = checkpoint(bank).get("config")
     if not isinstance(config, dict):
         return None, None
-    return _opt_int(config.get("max_entries")), _opt_int(config.get("max_bank_tokens"))
+    return opt_count(config.get("max_entries")), opt_count(config.get("max_bank_tokens"))
 
 
 def version_points(bank: ExperienceBank) -> list[VersionPoint]:
@@ -280,7 +298,7 @@ def load_eval_reports(paths: list[Path]) -> list[EvalReport]:
             raise ValueError(f"{path}: {size} bytes, more than an eval report ({MAX_EVAL_BYTES})")
         try:
             data = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, digits or nesting past limits
             raise ValueError(f"{path}: not a JSON eval report ({exc})") from None
         reports.append(EvalReport(str(path), path, _check_eval(data, path)))
     labels = _short_labels([r.path for r in reports])
@@ -291,6 +309,10 @@ def _check_eval(data: Any, path: Path) -> dict[str, Any]:
     conditions = data.get("conditions") if isinstance(data, dict) else None
     if not isinstance(conditions, dict) or not conditions:
         raise ValueError(f'{path}: not an eval report (no "conditions"; write one with eval --out)')
+    if len(conditions) > MAX_CONDITIONS:
+        raise ValueError(
+            f"{path}: {len(conditions)} conditions, more than an eval report has ({MAX_CONDITIONS})"
+        )
     for name, condition in conditions.items():
         if not isinstance(condition, dict) or not isinstance(
             condition.get("by_category", {}), dict
@@ -319,7 +341,7 @@ def _step(record: dict[str, Any]) -> Step | None:
     skipped = record.get("skipped")
     return Step(
         step, sample_id, category if isinstance(category, str) else None,
-        _opt_int(record.get("batch")), correct, total,
+        opt_count(record.get("batch")), correct, total,
         skipped if isinstance(skipped, str) else None,
         _tokens(record.get("tokens")), _seconds(record.get("seconds")),
     )  # fmt: skip
@@ -336,8 +358,8 @@ def _batch(record: dict[str, Any]) -> Batch | None:
     seconds = record.get("seconds")
     return Batch(
         number, span if span and all(_is_count(s) for s in span) else None,
-        _opt_int(record.get("bank_version_before")), _opt_int(record.get("bank_version_after")),
-        _opt_int(record.get("bank_size")),
+        opt_count(record.get("bank_version_before")), opt_count(record.get("bank_version_after")),
+        opt_count(record.get("bank_size")),
         tuple(r for r in results or () if isinstance(r, dict)),
         record["compression"] if isinstance(record.get("compression"), dict) else None,
         record["reconcile"] if isinstance(record.get("reconcile"), dict) else None,
@@ -365,17 +387,27 @@ def _seconds(value: Any) -> dict[str, float]:
 
 
 def _is_seconds(value: Any) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool)
-        and math.isfinite(value) and value >= 0
-    )  # fmt: skip
+    number = finite(value)
+    return number is not None and number >= 0
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
-def _opt_int(value: Any) -> int | None:
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (NaN, infinity, a bool, an integer
+    too large for a float: None)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def opt_count(value: Any) -> int | None:
     return value if _is_count(value) else None
 
 

@@ -6,10 +6,10 @@ request in flight.  The prefix is rendered once per version.  The file is polled
 mtime, size and inode, every ``poll_interval_s``); a new file is loaded and validated
 off the event loop, checked the way it will be used (``check``: rendered and tokenized
 against the model's context, see :mod:`ted_sglang.serve.bank_check`) and swapped in with
-one assignment.  A file that does not load (torn write, corrupt, missing) or a version
-that cannot be served is refused with a log line and the old version keeps serving; a
-rewrite with the same version and the same rendering (e.g. only usage statistics
-changed) is not a swap.
+one assignment.  A file that does not load (torn write, corrupt, missing, not a regular
+file) or a version that cannot be served is refused with a log line and the old version
+keeps serving; a rewrite with the same version and the same rendering (e.g. only usage
+statistics changed) is not a swap.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class FileSignature:
     size: int
     inode: int
     device: int
+    regular: bool  # a FIFO or a device is never read: it could block the watcher for good
 
 
 def file_signature(path: Path) -> FileSignature | None:
@@ -47,7 +49,7 @@ def file_signature(path: Path) -> FileSignature | None:
         st = os.stat(path)
     except OSError:
         return None
-    return FileSignature(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+    return FileSignature(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, stat.S_ISREG(st.st_mode))
 
 
 class BankRefused(ValueError):
@@ -163,6 +165,8 @@ class BankState:
 
     def _read(self) -> BankVersion:
         signature = file_signature(self.path)  # before reading: a later write is seen again
+        if signature is not None and not signature.regular:
+            raise BankFileError(self.path, "is not a regular file")
         bank = ExperienceBank.load(self.path)
         system_prompt = prompts.student_system(bank.render())
         return BankVersion(
@@ -188,7 +192,7 @@ class BankState:
         signature = file_signature(self.path)
         old = self.current.version
         self.last_error = str(exc)
-        if from_watcher and signature == self._failed_signature:
+        if from_watcher and self._failed_tries and signature == self._failed_signature:
             self._failed_tries += 1
             return ReloadResult("failed", old, old, str(exc))
         self._failed_signature, self._failed_tries = signature, 1

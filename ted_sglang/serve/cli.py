@@ -201,15 +201,23 @@ def _launch_default(model: str | None, allow_auto_truncate: bool = False) -> Lau
 
 def run_usage(args: argparse.Namespace) -> int:
     from ted_sglang.bank import ExperienceBank
-    from ted_sglang.serve.usage_log import apply_usage
+    from ted_sglang.serve.usage_log import apply_usage, usage_entries
 
     path = args.usage_file or args.bank.with_name(args.bank.name + ".usage.json")
     try:
-        usage = json.loads(path.read_text())
+        usage = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file (has 'serve' run with this bank?)") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a usage file (JSON nested too deeply)") from None
+    except ValueError as exc:  # not JSON, not UTF-8
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        usage_entries(usage)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not args.apply:
         print(json.dumps(usage, indent=1))
         return 0

@@ -14,6 +14,7 @@ from ted_sglang.serve.bank_state import BankState, BankVersion
 from ted_sglang.serve.chat_format import ChatFormat
 from ted_sglang.serve.metrics import Gauge, Metrics
 from ted_sglang.serve.openai_routes import OpenAIOptions, OpenAIService, ServedModel
+from ted_sglang.serve.responses import usage as token_usage
 from ted_sglang.serve.settings import ServeSettings
 from ted_sglang.serve.usage_log import UsageLog, write_atomic
 
@@ -103,11 +104,11 @@ class ServeContext:
         self, rid: str, bank: BankVersion | None, metas: list[dict[str, Any]], n: int
     ) -> None:
         """Count a served request's tokens, and the experiences it was shown."""
-        firsts = metas[::n]
+        tokens = token_usage(metas, n)
         self.metrics.add_tokens(
-            sum(m.get("prompt_tokens", 0) for m in firsts),
-            sum(m.get("completion_tokens", 0) for m in metas),
-            sum(m.get("cached_tokens", 0) or 0 for m in firsts),
+            tokens["prompt_tokens"],
+            tokens["completion_tokens"],
+            tokens["prompt_tokens_details"]["cached_tokens"],
         )
         if bank is not None:
             self.usage.record_request(rid, bank)

@@ -7,7 +7,9 @@ OpenAI server accepts beyond OpenAI's (``top_k``, ``min_p``, ``repetition_penalt
 Unknown fields are ignored, as OpenAI-compatible servers do.
 
 Every number a client controls is bounded here, so what is forwarded to the engine
-always encodes (no integer beyond 64 bits, no token id beyond 32 bits).
+always encodes (no integer beyond 64 bits, no token id beyond 32 bits).  Lists and maps
+stop at their first bad item (``fail_fast``): a body of many bad items is one error, not
+a message per item.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Strings = Annotated[list[str], Field(fail_fast=True)]
 
 # Shared field definitions (one place for each bound).
 _max_tokens = Field(None, ge=0, le=INT64_MAX, description="tokens to generate at most")
@@ -56,7 +59,7 @@ class ContentPart(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None
     name: str | None = None
 
 
@@ -84,13 +87,13 @@ class _Sampling(_Body):
     temperature: float | None = _temperature
     top_p: float | None = _top_p
     n: int = _n
-    stop: str | list[str] | None = _stop
+    stop: str | Strings | None = _stop
     seed: int | None = _seed
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = _penalty
     frequency_penalty: float | None = _penalty
-    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS, fail_fast=True)
     user: str | None = None
     # SGLang extensions
     top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
@@ -105,7 +108,7 @@ class _Sampling(_Body):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1, fail_fast=True)
     max_completion_tokens: int | None = _max_tokens
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
@@ -116,7 +119,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(..., description="a prompt or a list of prompts")
+    prompt: str | Strings = Field(..., description="a prompt or a list of prompts")
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)

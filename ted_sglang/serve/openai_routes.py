@@ -171,8 +171,8 @@ def openai_router(service: OpenAIService) -> APIRouter:
         has_body: bool = True,
     ) -> Response:
         try:
-            await service.ready()
             require_key(request, options.api_keys, "API key")
+            await service.ready()
             data = await read_json(request, options.max_body_bytes) if has_body else None
             return await handle(data, request)
         except ServeError as exc:

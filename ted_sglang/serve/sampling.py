@@ -82,7 +82,7 @@ def check_completion(req: CompletionRequest) -> None:
     if req.best_of not in (None, 1, req.n):
         raise ServeError("best_of is not supported by this server", param="best_of")
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    if not prompts or any(not isinstance(p, str) for p in prompts):
+    if not prompts:
         raise ServeError("prompt must be a string or a non-empty list of strings", param="prompt")
     if len(prompts) > MAX_PROMPTS:
         raise ServeError(f"at most {MAX_PROMPTS} prompts per request", param="prompt")

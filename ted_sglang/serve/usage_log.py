@@ -149,14 +149,10 @@ class UsageLog:
             self.feedback = {"correct": 0, "wrong": 0}
 
     def _load_dict(self, data: Any) -> None:
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise ValueError(f'no "format": "{FORMAT_NAME}"')
+        self.entries = usage_entries(data)
         by_version = data["requests_by_version"].items()
         self.requests_by_version = {int(v): _count(n) for v, n in by_version}
         self.feedback = {k: _count(data["feedback"].get(k, 0)) for k in ("correct", "wrong")}
-        self.entries = {
-            str(i): {k: _count(c.get(k, 0)) for k in COUNTERS} for i, c in data["entries"].items()
-        }
 
     def _counts(self, entry_id: str) -> dict[str, int]:
         counts = self.entries.get(entry_id)
@@ -174,16 +170,20 @@ def apply_usage(bank: Any, usage: dict[str, Any], step: int | None = None) -> in
     the bank's version) becomes the entries' ``last_used_step``.  Entries no longer in
     the bank are skipped.
     """
-    if not isinstance(usage, dict) or usage.get("format") != FORMAT_NAME:
-        raise ValueError(f'not a usage file (no "format": "{FORMAT_NAME}")')
+    entries = usage_entries(usage)
     step = bank.version if step is None else step
     applied: dict[str, dict[str, int]] = bank.meta.extra.setdefault(APPLIED_KEY, {})
+    if not isinstance(applied, dict) or not all(
+        isinstance(done, dict) and all(isinstance(done.get(n, 0), int) for n in COUNTERS)
+        for done in applied.values()
+    ):
+        raise ValueError(f"the bank's meta.extra.{APPLIED_KEY} is not a map of entry counts")
     added = 0
-    for entry_id, counts in usage["entries"].items():
+    for entry_id, counts in entries.items():
         if entry_id not in bank:
             continue
         done = applied.setdefault(entry_id, dict.fromkeys(COUNTERS, 0))
-        delta = {n: _count(counts.get(n, 0)) - done.get(n, 0) for n in COUNTERS}
+        delta = {n: counts[n] - done.get(n, 0) for n in COUNTERS}
         delta = {n: d for n, d in delta.items() if d > 0}
         if delta:
             bank.record_counts(entry_id, step, **delta)
@@ -191,6 +191,16 @@ def apply_usage(bank: Any, usage: dict[str, Any], step: int | None = None) -> in
                 done[name] = done.get(name, 0) + d
             added += sum(delta.values())
     return added
+
+
+def usage_entries(data: Any) -> dict[str, dict[str, int]]:
+    """The per-entry counts of a usage file's content; ``ValueError`` if it is not one."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ValueError(f'not a usage file (no "format": "{FORMAT_NAME}")')
+    entries = data.get("entries")
+    if not isinstance(entries, dict) or not all(isinstance(c, dict) for c in entries.values()):
+        raise ValueError('a usage file\'s "entries" must map entry ids to their counts')
+    return {str(i): {k: _count(c.get(k, 0)) for k in COUNTERS} for i, c in entries.items()}
 
 
 def _count(value: Any) -> int:
