@@ -182,8 +182,14 @@ def test_allow_auto_truncate_fits_max_tokens_to_the_context(
         probe = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
         prompt_tokens = probe.usage.prompt_tokens
         assert CONTEXT - 200 < prompt_tokens < CONTEXT
-        out = client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=CONTEXT, extra_body={"ignore_eos": True}
+        chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=CONTEXT)
+        assert chat.usage.completion_tokens <= CONTEXT - prompt_tokens
+        # Chat adds the template's stop strings, which a random model may write; a plain
+        # completion with ignore_eos has no stop at all, so it runs to the fitted length.
+        probe = client.completions.create(model="tiny", prompt=content, max_tokens=1)
+        prompt_tokens = probe.usage.prompt_tokens
+        out = client.completions.create(
+            model="tiny", prompt=content, max_tokens=CONTEXT, extra_body={"ignore_eos": True}
         )
         assert out.usage.completion_tokens == CONTEXT - prompt_tokens
         assert out.choices[0].finish_reason == "length"
