@@ -312,3 +312,23 @@ def test_a_run_lock_admits_one_run_and_leaves_writes_to_others(tmp_path: Path) -
     with run_lock(path, "distill"):  # released on leaving
         pass
     assert "Written during the run." in texts_in(path)
+
+
+def test_a_symlinked_bank_stays_a_link_and_shares_its_targets_lock(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "bank.json"
+    link = tmp_path / "bank.json"
+    start_bank(target)
+    link.symlink_to(target)
+    via_link, via_target = ExperienceBank.load(link), ExperienceBank.load(target)
+    via_link.apply({"operations": [{"op": "add", "text": "Saved through the link."}]})
+    via_link.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert "Saved through the link." in texts_in(target)
+    assert (tmp_path / "real" / "bank.json.bak").exists() and not Path(f"{link}.bak").exists()
+    via_target.apply({"operations": [{"op": "add", "text": "Saved through the target."}]})
+    with pytest.raises(BankConflict):  # one file, one version history, whichever name
+        via_target.save(target)
+    ExperienceBank.update_file(link, lambda bank: bank.record_shown(bank.ids, step=1))
+    assert link.is_symlink() and ExperienceBank.load(target)["E1"].usage.shown == 1
+    assert not Path(f"{link}.lock").exists() and Path(f"{target}.lock").exists()

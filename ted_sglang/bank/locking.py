@@ -28,8 +28,8 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0
 
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
-    """The sidecar lock file of a bank file."""
-    path = Path(path)
+    """The sidecar lock file of a bank file (beside the file a symlink points to)."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + LOCK_SUFFIX)
 
 
@@ -83,7 +83,8 @@ def run_lock(path: str | os.PathLike[str], name: str) -> Iterator[None]:
     distillation), without waiting: a second such run on the same bank raises
     :class:`BankFileError` at once instead of racing the first for the bank and garbling
     its log.  The run's saves still take :func:`bank_lock`, so other writers go on."""
-    target = Path(path).with_name(f"{Path(path).name}.{name}{LOCK_SUFFIX}")
+    real = Path(os.path.realpath(path))
+    target = real.with_name(f"{real.name}.{name}{LOCK_SUFFIX}")
     fd = _open(path, target)
     try:
         try:

@@ -64,8 +64,9 @@ class FileState:
 
 
 def backup_path(path: str | os.PathLike[str]) -> Path:
-    """Where the previous good version of ``path`` is kept."""
-    path = Path(path)
+    """Where the previous good version of ``path`` is kept (beside the file a symlink
+    points to)."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".bak")
 
 
@@ -132,10 +133,10 @@ def write_bank_json(
     written.  ``new_file``: refuse to replace an existing file.  The file replaced is
     kept as the backup when it is a good bank (``check`` raises ``ValueError`` on its
     content if not): a damaged file never overwrites a good backup.  Stale temp files
-    of this bank are removed first.
+    of this bank are removed first.  A symlink stays one: its target is written.
     """
     assert _is_bank_json(data)
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     payload = (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     state = FileState.of(path, payload, data["version"])
     with bank_lock(path, lock_timeout_s):
