@@ -67,7 +67,8 @@ def test_unauthenticated_callers_get_401_before_any_validation(serve_url: str) -
     ]
     for body in bodies:
         error = assert_openai_error(httpx.post(chat, json=body), 401)
-        assert error["type"] == "authentication_error" and "messages" not in error["message"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+        assert "messages" not in error["message"]
     not_json = httpx.post(chat, content=b"{nope", headers={"content-type": "application/json"})
     assert_openai_error(not_json, 401)
     for token in ("sk-h\u00e9rdening", "\u2603", "x" * 10_000):

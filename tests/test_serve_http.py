@@ -219,7 +219,7 @@ def test_framework_errors_are_in_openai_shape(serve_url: str) -> None:
     )
     assert bad_json.status_code == 400 and set(bad_json.json()["error"]) >= {"message", "type"}
     missing = httpx.get(serve_url + "/v1/nothing")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     wrong_method = httpx.get(serve_url + "/v1/chat/completions")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
@@ -235,7 +235,7 @@ def test_feedback_counts_and_persists(
     again = httpx.post(serve_url + "/v1/feedback", json={"request_id": out.id, "correct": False})
     assert again.status_code == 409 and again.json()["error"]["param"] == "request_id"
     unknown = httpx.post(serve_url + "/v1/feedback", json={"request_id": "x", "correct": True})
-    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
 
     usage_path = Path(admin_bank["usage_path"])
     deadline = time.monotonic() + 10
@@ -274,7 +274,7 @@ def test_metrics_and_health(serve_url: str, client: openai.OpenAI) -> None:
 def test_admin_routes_need_the_token(serve_url: str) -> None:
     assert httpx.get(serve_url + "/admin/bank").status_code == 401
     wrong = httpx.post(serve_url + "/admin/reload", headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     ok = httpx.post(serve_url + "/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
     assert ok.status_code == 200 and ok.json() == {
         "outcome": "unchanged",
@@ -297,7 +297,7 @@ def test_api_key_on_and_admin_off(engine_url: str, tmp_path: Path) -> None:
         out = keyed.chat.completions.create(model="tiny", messages=USER, max_tokens=1)
         assert out.system_fingerprint == "ted-bank-v1"
         off = httpx.get(url + "/admin/bank", headers={"Authorization": "Bearer x"})
-        assert off.status_code == 404 and off.json()["error"]["type"] == "not_found_error"
+        assert off.status_code == 404 and off.json()["error"]["type"] == "invalid_request_error"
         assert httpx.get(url + "/health").status_code == 200  # no key needed
 
 

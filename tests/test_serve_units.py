@@ -461,6 +461,9 @@ def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = ServeSettings.from_env(bank_path=tmp_path / "b.json", endpoints=["127.0.0.1:1/"])
     assert s.endpoints == ["http://127.0.0.1:1"] and s.admin_token == "adm" and s.api_key is None
     assert s.usage_path == tmp_path / "b.json.usage.json"
+    monkeypatch.setenv("TED_API_KEY", " sk-from-a-file\n")  # HTTP trims what a client sends
+    s = ServeSettings.from_env(bank_path=tmp_path / "b.json", endpoints=["a:1"], admin_token=" ")
+    assert s.api_key == "sk-from-a-file" and s.admin_token is None
     with pytest.raises(ValueError, match="at least one endpoint"):
         ServeSettings(bank_path=tmp_path / "b.json")
     with pytest.raises(ValueError, match="repeat"):

@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ted_sglang.engine.sequence import Sequence
+
+
+class StreamText:
+    """The text of a growing list of output ids, decoding only a short window of the
+    newest ones each time (SGLang's detokenizer keeps the same two offsets): ``settled``
+    is the text of ``ids[:read]``, and the window starts at ``surr``, the previous
+    ``read``, so that a token's text is decoded beside the one before it."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.settled = ""
+        self.surr = 0
+        self.read = 0
+
+    def update(self, ids: list[int]) -> str:
+        """The text of ``ids`` (which extend the ids of the last call) without an
+        unfinished UTF-8 character at its end."""
+        context = self.decode(ids[self.surr : self.read])
+        window = self.decode(ids[self.surr :])
+        if not window.startswith(context):  # a tokenizer that rewrites across tokens:
+            self.settled, self.surr, self.read = "", 0, 0  # start again from the first id
+            return self.update(ids)
+        if window.endswith("\ufffd"):
+            return self.settled + window[len(context) :].rstrip("\ufffd")
+        self.settled += window[len(context) :]
+        self.surr, self.read = self.read, len(ids)
+        return self.settled
 
 
 class OutputBuilder:
@@ -28,19 +56,19 @@ class OutputBuilder:
                 text = text[: pos + len(matched)] if not trim else text[:pos]
         return text
 
-    def partial_text(self, seq: Sequence, num_tokens: int) -> str:
+    def partial_text(self, seq: Sequence, num_tokens: int, text: StreamText) -> str:
         """Text of the first ``num_tokens`` outputs that is safe to stream: an unfinished
-        UTF-8 character, or a tail that may grow into a stop string, is held back."""
-        text = self.decode(seq.output_ids[:num_tokens], seq)
-        text = text.rstrip("\ufffd")
+        UTF-8 character, or a tail that may grow into a stop string, is held back.
+        ``text``: the stream's :class:`StreamText`, so that only new outputs are decoded."""
+        shown = text.update(seq.output_ids[:num_tokens])
         for stop in seq.sampling.stop:
-            if stop in text:
-                text = text[: text.find(stop)]
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:k]):
-                    text = text[:-k]
+            if stop in shown:
+                shown = shown[: shown.find(stop)]
+            for k in range(min(len(stop) - 1, len(shown)), 0, -1):
+                if shown.endswith(stop[:k]):
+                    shown = shown[:-k]
                     break
-        return text
+        return shown
 
     def decode(self, ids: list[int], seq: Sequence) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=seq.sampling.skip_special_tokens)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ted_sglang.engine.output import OutputBuilder
+from ted_sglang.engine.output import OutputBuilder, StreamText
 from ted_sglang.engine.sequence import Sequence
 
 
@@ -32,6 +32,7 @@ class StreamChunks:
         self.sent_text = ""
         self.sent_tokens = 0
         self.sent_chunk = False
+        self.text = StreamText(lambda ids: outputs.decode(ids, seq))
 
     def partial(self, num_tokens: int) -> dict[str, Any] | None:
         """The chunk for the first ``num_tokens`` outputs, or None when it is not due or
@@ -39,7 +40,7 @@ class StreamChunks:
         unsent = num_tokens - self.sent_tokens
         if unsent <= 0 or (self.sent_tokens and unsent < self.interval):
             return None
-        text = self.outputs.partial_text(self.seq, num_tokens)
+        text = self.outputs.partial_text(self.seq, num_tokens, self.text)
         if text == self.sent_text:
             return None
         return self._chunk(text, num_tokens)

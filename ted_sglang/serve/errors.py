@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# OpenAI answers a bad key (401, code invalid_api_key) and an unknown model or route (404)
+# with type invalid_request_error too.
 _TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",

@@ -80,8 +80,9 @@ class ServeSettings:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         for name in ("admin_token", "api_key"):
-            if getattr(self, name) == "":
-                setattr(self, name, None)
+            value = getattr(self, name)
+            # HTTP trims a header value, so surrounding whitespace could never be sent.
+            setattr(self, name, value.strip() or None if value is not None else None)
 
     @classmethod
     def from_env(cls, **kwargs: object) -> ServeSettings:
