@@ -4,6 +4,7 @@ real files, usage log, metrics text, endpoint choice, settings."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -308,6 +309,24 @@ def test_validation_message_names_the_parameter() -> None:
 
 
 # ---- bank state (real files) ---------------------------------------------------------
+
+
+def test_bank_state_warns_of_a_bank_for_another_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bank.json"
+    write_bank(path, "Check the units before the final answer.", model="/models/Qwen3-8B")
+    caplog.set_level(logging.WARNING, logger="ted_sglang.serve")
+    BankState(path, str, served_model="/weights/qwen3-8b/").load()
+    assert not caplog.records  # the same model, named by another path
+    state = BankState(path, str, served_model="/weights/SmolLM2-135M-Instruct")
+    state.load()
+    write_bank(path, "Check the units.", "Draw the figure.", model="Other-Model")
+    assert state.reload().outcome == "swapped"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all("SmolLM2-135M-Instruct" in m for m in messages)
+    assert "distilled for /models/Qwen3-8B" in messages[0] and "version 1" in messages[0]
+    assert "distilled for Other-Model" in messages[1] and "version 2" in messages[1]
 
 
 def test_bank_state_swaps_refuses_and_ignores_same_rendering(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Literal
 
 from ted_sglang import prompts
 from ted_sglang.bank import BankFileError, ExperienceBank
+from ted_sglang.loop.leakage import model_mismatch
 
 logger = logging.getLogger("ted_sglang.serve")
 
@@ -91,7 +92,8 @@ class BankState:
     ``check`` returns a version's prefix length in tokens or raises :class:`BankRefused`
     (it runs in the calling thread: off the event loop).  Counters: ``swaps`` (versions
     swapped in after the first), ``swap_failures`` (files refused; a broken file the
-    watcher sees is counted once).
+    watcher sees is counted once).  ``served_model``: the endpoints' model path; a
+    version distilled for another model is served with a warning in the log.
     """
 
     def __init__(
@@ -99,10 +101,12 @@ class BankState:
         path: Path,
         make_prefix: Callable[[str], str],
         check: Callable[[BankVersion], int | None] | None = None,
+        served_model: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.make_prefix = make_prefix
         self.check = check
+        self.served_model = served_model
         self.swaps = 0
         self.swap_failures = 0
         self.last_error: str | None = None
@@ -121,6 +125,7 @@ class BankState:
         :class:`BankRefused` if it cannot be served."""
         with self._lock:
             self._current = self._checked(self._read())
+            self._warn_if_for_another_model(self._current)
             return self._current
 
     def reload(self, *, from_watcher: bool = False) -> ReloadResult:
@@ -143,6 +148,7 @@ class BankState:
                 "bank %s: now serving version %d (%d entries; was version %d)",
                 self.path, new.version, new.num_entries, old.version,
             )  # fmt: skip
+            self._warn_if_for_another_model(new)
             return ReloadResult("swapped", new.version, old.version)
 
     def poll(self) -> ReloadResult | None:
@@ -178,6 +184,16 @@ class BankState:
             signature=signature,
             loaded_at=time.time(),
         )
+
+    def _warn_if_for_another_model(self, version: BankVersion) -> None:
+        if self.served_model is None or version.student_model is None:
+            return
+        warning = model_mismatch(version.student_model, self.served_model)
+        if warning is not None:
+            logger.warning(
+                "bank %s version %d: %s", self.path, version.version,
+                warning.removeprefix("warning: "),
+            )  # fmt: skip
 
     def _checked(self, version: BankVersion) -> BankVersion:
         if self.check is None:

@@ -97,7 +97,9 @@ class ServeContext:
         check = BankCheck(
             s.endpoints, self.context_length, s.bank_reserve_tokens, s.request_timeout_s
         )
-        self.bank = BankState(s.bank_path, self.chat.system_block, check)
+        self.bank = BankState(
+            s.bank_path, self.chat.system_block, check, self.model_info.get("model_path")
+        )
         return await asyncio.to_thread(self.bank.load)
 
     def record(
