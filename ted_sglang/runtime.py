@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ted_sglang.chat_templates import chat_templates
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -127,15 +129,14 @@ def pick_chat_template(model_info: dict[str, Any], override: str | None = None) 
     (the reference engine reports ``chat_template_name``); else SGLang's own choice
     from the model path.  A name SGLang does not know is an error.
     """
-    from sglang.lang.chat_template import chat_template_registry, get_chat_template_by_model_path
-
+    templates = chat_templates()
     name = override or model_info.get("chat_template_name")
     if name:
-        if name not in chat_template_registry:
-            known = ", ".join(sorted(chat_template_registry))
+        if name not in templates.chat_template_registry:
+            known = ", ".join(sorted(templates.chat_template_registry))
             raise ValueError(f"unknown chat template {name!r}; SGLang knows: {known}")
         return name
-    name = get_chat_template_by_model_path(model_info["model_path"]).name
+    name = templates.get_chat_template_by_model_path(model_info["model_path"]).name
     if name == "default":  # SGLang's regexes know no such path: read the model's own files
         name = template_from_files(model_info["model_path"]) or name
     return name

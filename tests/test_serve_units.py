@@ -513,3 +513,25 @@ def test_apply_usage_refuses_a_malformed_record_of_what_it_applied() -> None:
             apply_usage(bank, usage)
     bank.meta.extra["serve_usage_applied"] = {}
     assert apply_usage(bank, usage) == 2
+
+
+def test_serve_reads_sglangs_chat_templates_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from ted_sglang.runtime import pick_chat_template\n"
+        "from ted_sglang.serve.app import create_app\n"
+        "from ted_sglang.serve.chat_format import ChatFormat\n"
+        "name = pick_chat_template({'model_path': 'Qwen/Qwen2.5-7B-Instruct'})\n"
+        "print(name, ChatFormat(name).stop)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sglang') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    from sglang.lang.chat_template import get_chat_template  # the real frontend module
+
+    assert out[0] == f"qwen {tuple(get_chat_template('qwen').stop_str)}"
+    assert out[1] == "[]"  # serve needs ~50 MiB, not SGLang's 750 MiB of imports

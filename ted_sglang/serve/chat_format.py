@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ted_sglang.chat_templates import chat_templates
 from ted_sglang.serve.errors import ServeError
 from ted_sglang.serve.openai_protocol import ChatMessage
 
@@ -34,9 +35,7 @@ class ChatFormat:
     """Formats with one SGLang frontend chat template (``sglang.lang.chat_template``)."""
 
     def __init__(self, template_name: str) -> None:
-        from sglang.lang.chat_template import get_chat_template
-
-        self.template = get_chat_template(template_name)
+        self.template = chat_templates().get_chat_template(template_name)
         self.name = template_name
         self.stop = tuple(self.template.stop_str or ())
         self.image_token = self.template.image_token
