@@ -18,3 +18,10 @@ def generate(client: httpx.Client, **body) -> dict | list:
     response = client.post("/generate", json=body)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def error_message(response: httpx.Response) -> str:
+    """The message of an engine error: ``{"error": {"message": ...}}``, or SGLang's
+    ``{"error": "..."}`` for a body that breaks its JSON contract."""
+    error = response.json()["error"]
+    return error["message"] if isinstance(error, dict) else error

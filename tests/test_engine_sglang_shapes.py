@@ -19,6 +19,8 @@ The expected keys are read from the installed wheel (not from this engine's outp
   a batch (or ``n > 1``) answers a list of such objects (``_handle_batch_request``).
 - ``srt/entrypoints/http_server.py``, ``_create_error_response``: ``{"error":
   {"message"}}``. This engine's one error shape adds ``type, param, code`` to it.
+  ``generate_request`` answers a body that breaks the JSON contract with
+  ``{"error": str}`` (``api_contract.generate_contract_error``), streaming or not.
 
 Every answer also decodes with SGLang's response contract
 (``sglang.api.v1.api_types.GenerateResponse``).
@@ -132,6 +134,16 @@ def test_error(client: httpx.Client) -> None:
     body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message"} | ENGINE_ERROR_EXTRAS
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_contract_error(client: httpx.Client, stream: bool) -> None:
+    from sglang.srt.entrypoints.api_contract import generate_contract_error
+
+    body = {"text": "x", "sampling_params": {"max_new_tokens": "6"}, "stream": stream}
+    response = client.post("/generate", json=body)
+    assert response.status_code == 400
+    assert response.json() == {"error": generate_contract_error(body)}
 
 
 # http_server.model_info in SGLang 0.5.23 (no embedding spec for a generation model).

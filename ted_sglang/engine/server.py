@@ -113,8 +113,10 @@ def create_app(config: EngineConfig, engine: Engine | None = None) -> FastAPI:
         loop = asyncio.get_running_loop()
         try:  # off the event loop: a large body costs seconds that /health must not wait
             req, seqs = await loop.run_in_executor(prep_pool, prepare, body)
+        except ContractError as exc:  # SGLang's generate_request: the contract's message
+            return json_response({"error": str(exc)}, exc.status_code)
         except RequestError as exc:
-            if _wants_stream(body) and not isinstance(exc, ContractError):
+            if _wants_stream(body):
                 return stream_error(str(exc), exc.status_code, _sse)
             return error_response(str(exc), exc.status_code, exc.err_type)
         events: asyncio.Queue[tuple[int, int, bool]] = asyncio.Queue()
