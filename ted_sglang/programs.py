@@ -107,12 +107,13 @@ def teacher_solution(
 def teacher_extract(
     s, question, ground_truth, solution, attempts, bank_entries, limits,
     image=None, image_description=None, critique_max_tokens=192, ops_max_tokens=1024,
-    citation_max_tokens=64, teacher_temperature=0.3, max_chars=2000,
+    citation_max_tokens=None, teacher_temperature=0.3, max_chars=2000,
 ):  # fmt: skip
     """Critique, then an operations document (``operations``, constrained by the
     bank's schema), then which entries helped or hurt (``citations``, skipped for an
-    empty bank).  ``attempts``: :class:`~ted_sglang.prompts.Attempt` list;
-    ``bank_entries``: (id, text) pairs."""
+    empty bank; ``citation_max_tokens=None``: as many as its schema can need, see
+    :func:`citation_token_bound`).  ``attempts``: :class:`~ted_sglang.prompts.Attempt`
+    list; ``bank_entries``: (id, text) pairs."""
     ids = [i for i, _ in bank_entries]
     request = prompts.extraction_request(
         question, ground_truth, solution, attempts, bank_entries, max_chars
@@ -131,7 +132,8 @@ def teacher_extract(
     if ids:
         s += sgl.user(prompts.CITATION_REQUEST)
         s += sgl.assistant(
-            sgl.gen("citations", max_tokens=citation_max_tokens, temperature=teacher_temperature,
+            sgl.gen("citations", max_tokens=citation_max_tokens or citation_token_bound(ids),
+                    temperature=teacher_temperature,
                     json_schema=json.dumps(citation_schema(ids)))
         )  # fmt: skip
 
@@ -190,6 +192,14 @@ def citation_schema(ids: Sequence[str]) -> dict[str, Any]:
         "required": ["helpful", "harmful"],
         "additionalProperties": False,
     }
+
+
+def citation_token_bound(ids: Sequence[str]) -> int:
+    """``max_new_tokens`` that always holds a :func:`citation_schema` document: its
+    longest form in characters (every token writes at least one), with a little room."""
+    longest = sorted((len(json.dumps(i)) for i in ids), reverse=True)[:CITATION_MAX_IDS]
+    one_list = sum(longest) + max(len(longest) - 1, 0)  # the ids and their commas
+    return len('{"helpful":[],"harmful":[]}') + 2 * one_list + 8
 
 
 def compression_schema(

@@ -166,17 +166,18 @@ def incremental_engine_url(
     for its frontend test programs (``--incremental-streaming-output``), with the other
     SGLang options this engine has turned on.
 
-    It streams every 4th token: SGLang's frontend keeps only the newest chunk's
+    It streams every 16th token: SGLang's frontend keeps only the newest chunk's
     ``meta_info`` when two chunks arrive before its reader wakes
     (``StreamExecutor._execute_gen``), which on two busy CPU cores happens now and then
-    at one chunk per step and breaks ``test_stream_logprobs``'s count of entries.
+    at one chunk per step (and rarely at one per 4 steps) and breaks
+    ``test_stream_logprobs``'s count of entries.
     """
     engine = _launch(
         tiny_model_dir,
         tmp_path_factory.mktemp("engine-incremental"),
         "--incremental-streaming-output",
         "--stream-interval",
-        "4",
+        "16",
         "--enable-return-hidden-states",
         "--enable-priority-scheduling",
         "--profile-dir",

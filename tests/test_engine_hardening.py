@@ -130,7 +130,7 @@ def test_stop_regex_window_and_budget() -> None:
     start = time.perf_counter()
     with pytest.raises(StopRegexTimeout, match="one check may take"):
         evil.search("a" * 60)
-    assert time.perf_counter() - start < 4 * stop_match.CHECK_TIMEOUT_S + 0.1
+    assert time.perf_counter() - start < 2.0  # unbounded, this match runs for minutes
     spent = StopRegex.compile(["(a|aa)+![^!]"])
     spent.spent_s = stop_match.REQUEST_BUDGET_S - 0.001
     with pytest.raises(StopRegexTimeout, match="all checks of a request"):

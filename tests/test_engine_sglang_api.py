@@ -1,6 +1,6 @@
 """SGLang request fields, streaming modes and routes on real engines (tiny model, loopback).
 
-``incremental_engine_url`` runs with ``--incremental-streaming-output --stream-interval 4
+``incremental_engine_url`` runs with ``--incremental-streaming-output --stream-interval 16
 --enable-return-hidden-states --enable-priority-scheduling``; ``engine_url`` with the
 defaults (cumulative streams, no hidden states).
 """
@@ -70,7 +70,7 @@ def test_incremental_chunks_carry_only_what_is_new(inc: httpx.Client) -> None:
 
 
 def test_stream_interval_spaces_chunks(inc: httpx.Client) -> None:
-    for interval, sampling in ((4, GREEDY), (6, {**GREEDY, "stream_interval": 6})):
+    for interval, sampling in ((16, GREEDY), (6, {**GREEDY, "stream_interval": 6})):
         chunks = stream(inc, text="Count:", sampling_params={**sampling, "max_new_tokens": 40})
         counts = [c["meta_info"]["completion_tokens"] for c in chunks]
         assert counts[-1] == 40 and len(counts) > 2

@@ -200,4 +200,4 @@ def test_model_info_and_server_info(client: httpx.Client, incremental_engine_url
         assert server_args | SGLANG_INTERNAL_STATE <= set(state)
         assert {"cache", "grammar_cache", "engine"} <= set(server)  # the engine's own
         assert server["max_running_requests"] == 32 and server["version"] == "0.5.23"
-    assert server["incremental_streaming_output"] is True and server["stream_interval"] == 4
+    assert server["incremental_streaming_output"] is True and server["stream_interval"] == 16

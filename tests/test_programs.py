@@ -30,9 +30,7 @@ from ted_sglang.prompts import Attempt, ImageView
 from ted_sglang.runtime import connect
 
 LIMITS = OperationLimits(max_operations=3, max_text_chars=80, min_text_chars=8)
-GEN = GenerationConfig(
-    student_max_tokens=16, solution_max_tokens=16, critique_max_tokens=16, citation_max_tokens=48
-)
+GEN = GenerationConfig(student_max_tokens=16, solution_max_tokens=16, critique_max_tokens=16)
 BANK_TEXT = "[E1] Count each colour separately.\n[E2] Read values against the axis ticks.\n"
 
 
@@ -126,6 +124,15 @@ def _extract(endpoint, bank: ExperienceBank):
         attempts=[Attempt("2 + 3 = 6", False, "6"), Attempt("It is 5.", True, "5")],
         bank_entries=bank.render_entries(), limits=bank.limits, view=ImageView(), gen=GEN,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("ids", [["E1"], ["E1", "E2", "E3"], [f"E{i}" for i in range(1, 130)]])
+def test_citation_token_bound_holds_the_longest_document(ids: list[str]) -> None:
+    cited = sorted(ids, key=len, reverse=True)[: programs.CITATION_MAX_IDS]
+    longest = {"helpful": cited, "harmful": cited}
+    jsonschema.validate(longest, programs.citation_schema(ids))
+    text = json.dumps(longest, separators=(",", ":"))
+    assert len(text) < programs.citation_token_bound(ids) <= len(text) + 8
 
 
 @pytest.mark.parametrize("num_entries", [0, 1, 3])

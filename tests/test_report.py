@@ -39,6 +39,7 @@ def run(sample_dir: Path, engine_url: str, tmp_path_factory: pytest.TempPathFact
     work = tmp_path_factory.mktemp("report-run")
     bank = work / "bank.json"
     extra = ["--student", engine_url, "--no-skip-uniform", "--limit", "4", "--batch-size", "2"]
+    extra += ["--temperature", "0", "--teacher-temperature", "0"]  # the same run every time
     assert run_distill(sample_dir, bank, *extra, "--max-entries", "2") == 0
     assert ExperienceBank.load(bank).version > 0, "the teacher applied no operation"
     evals = [work / "eval-bank.json", work / "eval-none.json"]

@@ -77,8 +77,9 @@ def test_new_file_is_served_and_torn_file_is_refused(
     assert metric(url, "ted_serve_bank_swaps_total") == 1
 
     good = bank_path.read_bytes()
-    with open(bank_path, "wb") as handle:  # a writer that is not atomic, caught mid-write
-        handle.write(good[: len(good) // 3])
+    with open(bank_path, "r+b") as handle:  # a writer that is not atomic, caught mid-write
+        handle.write(good[: len(good) // 3])  # the same bytes: the file changes once, here:
+        handle.truncate()
     window_end = time.monotonic() + 1.5  # 15 polls of the watcher
     served_versions = set()
     while time.monotonic() < window_end:

@@ -17,9 +17,10 @@ class GenerationConfig:
     """Token budgets (``max_new_tokens``) and sampling of each program.
 
     ``ops_max_tokens=None`` bounds the operations document by what its schema can
-    hold (see :meth:`ops_token_bound`); the grammar stops the document earlier as soon
-    as it is complete.  Teacher trajectories longer than ``max_trajectory_chars`` are
-    cut (with a marker) before the teacher reads them.
+    hold (see :meth:`ops_token_bound`), ``citation_max_tokens=None`` the citations
+    (:func:`ted_sglang.programs.citation_token_bound`); the grammar stops a document
+    earlier as soon as it is complete.  Teacher trajectories longer than
+    ``max_trajectory_chars`` are cut (with a marker) before the teacher reads them.
     """
 
     student_max_tokens: int = 256
@@ -27,7 +28,7 @@ class GenerationConfig:
     student_top_p: float = 0.95
     solution_max_tokens: int = 384
     critique_max_tokens: int = 192
-    citation_max_tokens: int = 64
+    citation_max_tokens: int | None = None
     chain_max_tokens: int = 192
     ops_max_tokens: int | None = None
     teacher_temperature: float = 0.3
@@ -37,7 +38,7 @@ class GenerationConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith(("_tokens", "_chars")):
-                if value is None and f.name == "ops_max_tokens":
+                if value is None and f.name in ("ops_max_tokens", "citation_max_tokens"):
                     continue
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ValueError(f"{f.name} must be a positive integer, got {value!r}")

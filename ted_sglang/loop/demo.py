@@ -55,7 +55,6 @@ def demo_config(rollouts: int) -> Any:
             student_max_tokens=96,
             solution_max_tokens=128,
             critique_max_tokens=64,
-            citation_max_tokens=32,
             max_trajectory_chars=500,
         ),
     )
