@@ -332,3 +332,21 @@ def test_a_symlinked_bank_stays_a_link_and_shares_its_targets_lock(tmp_path: Pat
     ExperienceBank.update_file(link, lambda bank: bank.record_shown(bank.ids, step=1))
     assert link.is_symlink() and ExperienceBank.load(target)["E1"].usage.shown == 1
     assert not Path(f"{link}.lock").exists() and Path(f"{target}.lock").exists()
+
+
+def test_a_save_through_a_symlink_names_the_path_given(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "bank.json"
+    link = tmp_path / "bank.json"
+    start_bank(target)
+    link.symlink_to(target)
+    with pytest.raises(BankFileError, match="already exists") as refused:
+        ExperienceBank().save(link, new_file=True)
+    assert refused.value.path == link
+    stale, fresh = ExperienceBank.load(link), ExperienceBank.load(link)
+    fresh.apply({"operations": [{"op": "add", "text": "Saved first, through the link."}]})
+    fresh.save(link)
+    stale.apply({"operations": [{"op": "add", "text": "Saved second, on a stale read."}]})
+    with pytest.raises(BankConflict) as conflict:
+        stale.save(link)
+    assert conflict.value.path == link

@@ -317,10 +317,11 @@ def test_bank_state_warns_of_a_bank_for_another_model(
     path = tmp_path / "bank.json"
     write_bank(path, "Check the units before the final answer.", model="/models/Qwen3-8B")
     caplog.set_level(logging.WARNING, logger="ted_sglang.serve")
-    BankState(path, str, served_model="/weights/qwen3-8b/").load()
+    same = BankState(path, str, served_model="/weights/qwen3-8b/")
+    same.warn_if_for_another_model(same.load())
     assert not caplog.records  # the same model, named by another path
     state = BankState(path, str, served_model="/weights/SmolLM2-135M-Instruct")
-    state.load()
+    state.warn_if_for_another_model(state.load())  # as serve does once it has started
     write_bank(path, "Check the units.", "Draw the figure.", model="Other-Model")
     assert state.reload().outcome == "swapped"
     messages = [r.getMessage() for r in caplog.records]
@@ -481,8 +482,10 @@ def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.endpoints == ["http://127.0.0.1:1"] and s.admin_token == "adm" and s.api_key is None
     assert s.usage_path == tmp_path / "b.json.usage.json"
     monkeypatch.setenv("TED_API_KEY", " sk-from-a-file\n")  # HTTP trims what a client sends
-    s = ServeSettings.from_env(bank_path=tmp_path / "b.json", endpoints=["a:1"], admin_token=" ")
+    s = ServeSettings.from_env(bank_path=tmp_path / "b.json", endpoints=["a:1"], admin_token="")
     assert s.api_key == "sk-from-a-file" and s.admin_token is None
+    with pytest.raises(ValueError, match="admin_token is only whitespace"):
+        ServeSettings(bank_path=tmp_path / "b.json", endpoints=["a:1"], admin_token=" \n")
     with pytest.raises(ValueError, match="at least one endpoint"):
         ServeSettings(bank_path=tmp_path / "b.json")
     with pytest.raises(ValueError, match="repeat"):

@@ -136,11 +136,11 @@ def write_bank_json(
     of this bank are removed first.  A symlink stays one: its target is written.
     """
     assert _is_bank_json(data)
-    path = Path(os.path.realpath(path))
+    path, real = Path(path), Path(os.path.realpath(path))  # messages name the path given
     payload = (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     state = FileState.of(path, payload, data["version"])
     with bank_lock(path, lock_timeout_s):
-        _sweep(path)
+        _sweep(real)
         current = _current_bytes(path)
         if current is not None:
             if new_file:
@@ -152,7 +152,7 @@ def write_bank_json(
                 raise BankConflict(path, based_on.version, good)
             if good is not None:
                 _write(path, backup_path(path), current)
-        _write(path, path, payload)
+        _write(path, real, payload)
     return state
 
 

@@ -93,7 +93,8 @@ class BankState:
     (it runs in the calling thread: off the event loop).  Counters: ``swaps`` (versions
     swapped in after the first), ``swap_failures`` (files refused; a broken file the
     watcher sees is counted once).  ``served_model``: the endpoints' model path; a
-    version distilled for another model is served with a warning in the log.
+    version swapped in that was distilled for another model is served with a warning
+    in the log (:meth:`warn_if_for_another_model`).
     """
 
     def __init__(
@@ -125,7 +126,6 @@ class BankState:
         :class:`BankRefused` if it cannot be served."""
         with self._lock:
             self._current = self._checked(self._read())
-            self._warn_if_for_another_model(self._current)
             return self._current
 
     def reload(self, *, from_watcher: bool = False) -> ReloadResult:
@@ -148,7 +148,7 @@ class BankState:
                 "bank %s: now serving version %d (%d entries; was version %d)",
                 self.path, new.version, new.num_entries, old.version,
             )  # fmt: skip
-            self._warn_if_for_another_model(new)
+            self.warn_if_for_another_model(new)
             return ReloadResult("swapped", new.version, old.version)
 
     def poll(self) -> ReloadResult | None:
@@ -185,7 +185,9 @@ class BankState:
             loaded_at=time.time(),
         )
 
-    def _warn_if_for_another_model(self, version: BankVersion) -> None:
+    def warn_if_for_another_model(self, version: BankVersion) -> None:
+        """Log a warning if ``version`` was distilled for another model than the one
+        served (swaps check on their own)."""
         if self.served_model is None or version.student_model is None:
             return
         warning = model_mismatch(version.student_model, self.served_model)

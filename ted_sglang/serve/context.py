@@ -65,7 +65,7 @@ class ServeContext:
             raise
         s = self.settings
         self.usage.load()
-        assert self.chat is not None and self.backend is not None
+        assert self.chat is not None and self.backend is not None and self.bank is not None
         self.openai.model = ServedModel(
             self.backend,
             self.chat,
@@ -81,6 +81,7 @@ class ServeContext:
             s.bank_path, version.version, version.num_entries, version.student_model,
             self.model_name, template, ", ".join(s.endpoints),
         )  # fmt: skip
+        self.bank.warn_if_for_another_model(version)
 
     async def connect(self) -> BankVersion:
         """The endpoints' model, chat template and context length, and the first bank

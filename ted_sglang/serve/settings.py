@@ -81,8 +81,10 @@ class ServeSettings:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         for name in ("admin_token", "api_key"):
             value = getattr(self, name)
+            if value and not value.strip():
+                raise ValueError(f"{name} is only whitespace: give a key, or none to turn it off")
             # HTTP trims a header value, so surrounding whitespace could never be sent.
-            setattr(self, name, value.strip() or None if value is not None else None)
+            setattr(self, name, (value or "").strip() or None)
 
     @classmethod
     def from_env(cls, **kwargs: object) -> ServeSettings:
