@@ -26,6 +26,11 @@ def command(data_dir: Path, bank: Path, url: str, *extra: str) -> list[str]:
     return distill_command(data_dir, bank, url, NUM_SAMPLES, 16, "--retries", "1", *extra)
 
 
+def start(argv: list[str]) -> subprocess.Popen:
+    """A distill process whose output the test reads when it ends."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def done_in(bank_path: Path) -> list[str]:
     try:
         return ExperienceBank.load(bank_path).meta.extra["distill"]["done"]
@@ -50,12 +55,7 @@ def test_engine_killed_mid_run_stops_distill_then_resume_finishes(
         tiny_model_dir, extra_args=ENGINE_ARGS, log_path=tmp_path / "a.log", timeout=180
     )
     try:
-        proc = subprocess.Popen(
-            command(data_dir, bank_path, engine.url),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start(command(data_dir, bank_path, engine.url))
         try:
             wait_for_done(proc, bank_path, 2)
             os.killpg(engine.process.pid, signal.SIGKILL)  # the engine dies
@@ -94,12 +94,7 @@ def test_another_writer_mid_run_stops_distill_without_losing_its_edit(
     data_dir: Path, engine_url: str, tmp_path: Path
 ) -> None:
     bank_path = tmp_path / "bank.json"
-    proc = subprocess.Popen(
-        command(data_dir, bank_path, engine_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(command(data_dir, bank_path, engine_url))
     try:
         wait_for_done(proc, bank_path, 2)
         ExperienceBank.update_file(
@@ -130,12 +125,7 @@ def test_a_second_run_on_the_bank_is_refused_at_once(
     """Without the run lock, the second run raced the first: one of them stopped on a
     conflict, and the log held the loser's lines of a batch the bank never saved."""
     bank_path = tmp_path / "bank.json"
-    first = subprocess.Popen(
-        command(data_dir, bank_path, engine_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start(command(data_dir, bank_path, engine_url))
     try:
         wait_for_done(first, bank_path, 2)
         first.send_signal(signal.SIGSTOP)  # mid-run, holding its run lock, until SIGCONT

@@ -67,7 +67,7 @@ def accuracy_plot(steps: Sequence[Step], window: int = 10) -> bytes | None:
     ax.set_xlabel("training step (sample)")
     ax.set_ylabel("student accuracy")
     ax.set_title("Student accuracy during distillation")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend_right(ax)
     return _png(fig)
 
 
@@ -162,7 +162,7 @@ def operations_plot(batches: Sequence[Batch]) -> bytes | None:
     if not any(bottom):
         ax.text(0.5, 0.5, "no operation proposed", transform=ax.transAxes, ha="center")
     else:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        _legend_right(ax)
     return _png(fig)
 
 
@@ -227,7 +227,7 @@ def phases_plot(steps: Sequence[Step], batches: Sequence[Batch]) -> bytes | None
     ax.set_xlabel("training step (sample)")
     ax.set_ylabel("seconds")
     ax.set_title("Seconds per phase (samples in flight overlap)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend_right(ax)
     return _png(fig)
 
 
@@ -270,7 +270,7 @@ def eval_plot(
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(name)
     ax.set_title(f"Evaluation ({name}): without and with the bank, overall and per category")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend_right(ax)
     return _png(fig)
 
 
@@ -288,6 +288,11 @@ def _figure(height: float = HEIGHT) -> tuple[Any, Any]:
     ax.xaxis.get_major_locator().set_params(integer=True)  # steps, versions, batches
     ax.spines[["top"]].set_visible(False)
     return fig, ax
+
+
+def _legend_right(ax: Any) -> None:
+    """The legend outside the axes, on their right."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 def _png(fig: Any) -> bytes:
